@@ -1,1 +1,214 @@
-fn main() {}
+//! `vhost-tap`: the daemon binary. Command line, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use clap::Parser;
+use log::{error, info};
+use toml::Spanned;
+
+use vhost_tap::backend::{Device, DeviceSettings};
+use vhost_tap::config::{self, DeviceConfig, RawDevice};
+use vhost_tap::server::{self, DeviceServer, Stop};
+
+/// A vhost-user-net backend bridging guests to host TAP devices, with
+/// backpressure instead of tail drops.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// vhost-user socket to listen on (one device; use --config for several).
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// TAP device to create, or to attach to if it exists.
+    #[arg(long, value_name = "NAME", conflicts_with = "config")]
+    tap: Option<String>,
+    /// Queue pairs (one TAP queue and one worker thread each).
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_QUEUES as i64)]
+    queues: i64,
+    /// Largest virtqueue size offered to the guest (power of two).
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_QUEUE_SIZE as i64)]
+    queue_size: i64,
+    /// Frames held between the TAP reader and the RX filler, per queue pair.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_RING_SIZE as i64)]
+    ring_size: i64,
+    /// Guest MAC address (default: derived from the TAP name).
+    #[arg(long, value_name = "MAC")]
+    mac: Option<String>,
+    /// MTU reported to the guest and set on a TAP we create.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MTU as i64)]
+    mtu: i64,
+    /// Host → guest queueing: backpressure.
+    #[arg(long, value_name = "MODE", default_value = "backpressure")]
+    mode: String,
+    /// txqueuelen of the TAP (the tun driver's ring size).
+    #[arg(long, value_name = "N")]
+    txqueuelen: Option<i64>,
+    /// TOML file with one or more [[device]] tables (see docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, String> {
+    if let Some(path) = &cli.config {
+        return config::load_file(path).map_err(|e| e.to_string());
+    }
+    let (Some(socket), Some(tap)) = (&cli.socket, &cli.tap) else {
+        return Err("give --socket PATH and --tap NAME, or --config FILE".into());
+    };
+    fn s<T>(v: T) -> Option<Spanned<T>> {
+        Some(Spanned::new(0..0, v))
+    }
+    let raw = RawDevice {
+        socket: s(socket.clone()),
+        tap: Some(Spanned::new(0..0, tap.clone())),
+        queues: s(cli.queues),
+        queue_size: s(cli.queue_size),
+        ring_size: s(cli.ring_size),
+        mac: cli.mac.clone().map(|m| Spanned::new(0..0, m)),
+        mtu: s(cli.mtu),
+        mode: Some(Spanned::new(0..0, cli.mode.clone())),
+        txqueuelen: cli.txqueuelen.and_then(s),
+    };
+    raw.check_cli().map(|d| vec![d]).map_err(|e| e.to_string())
+}
+
+/// Block the signals we handle in every thread; the main thread takes them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the calls only modify it and this
+    // thread's mask, before any other thread exists.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` is a valid, initialised sigset_t and `sig` a valid out pointer.
+    let r = unsafe { libc::sigwait(set, &mut sig) };
+    if r != 0 {
+        return libc::SIGTERM;
+    }
+    sig
+}
+
+fn open_device(d: &DeviceConfig) -> Result<Device, String> {
+    let cfg = tap::TapConfig {
+        name: d.tap.clone(),
+        queues: d.queues,
+        vnet_hdr_size: 12,
+        backpressure: tap::BackpressureRequest::IfAvailable,
+        txqueuelen: d.txqueuelen,
+        mtu: Some(u32::from(d.mtu)),
+        persist: None,
+    };
+    let t = tap::Tap::open(&cfg).map_err(|e| format!("TAP {}: {e}", d.tap))?;
+    info!(
+        "{}: TAP {} {} ({} queue(s)); mode backpressure, kernel IFF_BACKPRESSURE {}",
+        d.tap,
+        t.name(),
+        if t.created() { "created" } else { "attached" },
+        t.queue_count(),
+        if t.backpressure() {
+            "on: the TAP's qdisc keeps the queue"
+        } else {
+            "not available: the tun driver tail-drops when its ring is full"
+        }
+    );
+    let settings = DeviceSettings {
+        name: d.tap.clone(),
+        queue_pairs: d.queues,
+        queue_size: d.queue_size,
+        ring_size: d.ring_size,
+        mac: d.mac,
+        mtu: d.mtu,
+    };
+    Ok(Device::new(settings, t))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let devs = match devices(&cli) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sigs = block_signals();
+    let stop = Stop::new();
+    let dir = match server::private_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            error!("cannot create the private socket directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut servers = Vec::new();
+    for d in &devs {
+        let device = match open_device(d) {
+            Ok(dev) => Arc::new(dev),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match DeviceServer::new(device, d.socket.clone(), stop.clone(), dir.clone()) {
+            Ok(s) => servers.push(Arc::new(s)),
+            Err(e) => {
+                error!("{}: {e}", d.tap);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let threads: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            thread::Builder::new()
+                .name(format!("dev-{}", s.device.settings.name))
+                .spawn(move || s.run())
+                .expect("spawning a device thread")
+        })
+        .collect();
+
+    loop {
+        match wait_signal(&sigs) {
+            libc::SIGUSR1 => {
+                for s in &servers {
+                    info!("counters:\n{}", s.device.report().trim_end());
+                }
+            }
+            sig => {
+                info!("signal {sig}: shutting down");
+                break;
+            }
+        }
+    }
+    stop.request();
+    for s in &servers {
+        s.interrupt();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    for s in servers {
+        for i in 0..s.device.pairs.len() {
+            s.device.pair(i).drop_ring_at_shutdown();
+        }
+        info!("final counters:\n{}", s.device.report().trim_end());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    ExitCode::SUCCESS
+}

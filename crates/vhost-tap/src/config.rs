@@ -1,0 +1,418 @@
+//! Configuration: one device from the command line, or several from a TOML
+//! file. The file is read into `FileConfig` (every unknown key is an error),
+//! then checked into [`DeviceConfig`]s; every error names the file, the line
+//! and the key.
+
+#![deny(unsafe_code)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Defaults, named.
+pub const DEFAULT_QUEUES: usize = 1;
+pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+pub const DEFAULT_RING_SIZE: usize = 256;
+pub const DEFAULT_MTU: u16 = 1500;
+pub const MAX_QUEUES: usize = 16;
+
+/// How the daemon keeps the queue of host → guest traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Stop reading the TAP while the ring is full (IFF_BACKPRESSURE when the kernel has it).
+    Backpressure,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode, String> {
+        match s {
+            "backpressure" => Ok(Mode::Backpressure),
+            "fq-codel" | "auto" => Err(format!(
+                "mode \"{s}\" is not implemented yet; this build supports \"backpressure\""
+            )),
+            _ => Err(format!("unknown mode \"{s}\"; expected \"backpressure\"")),
+        }
+    }
+}
+
+/// One checked device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub socket: PathBuf,
+    pub tap: String,
+    pub queues: usize,
+    pub queue_size: u16,
+    pub ring_size: usize,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    pub mode: Mode,
+    pub txqueuelen: Option<u32>,
+}
+
+/// A configuration error, located.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, _) => {}
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The raw values of one device, as given on the command line or in a file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub socket: Option<Spanned<PathBuf>>,
+    pub tap: Option<Spanned<String>>,
+    pub queues: Option<Spanned<i64>>,
+    pub queue_size: Option<Spanned<i64>>,
+    pub ring_size: Option<Spanned<i64>>,
+    pub mac: Option<Spanned<String>>,
+    pub mtu: Option<Spanned<i64>>,
+    pub mode: Option<Spanned<String>>,
+    pub txqueuelen: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    device: Vec<Spanned<RawDevice>>,
+}
+
+/// Where a value came from, to locate errors.
+struct Origin<'a> {
+    file: Option<&'a Path>,
+    text: &'a str,
+    /// Span of the whole `[[device]]` table, for "missing key" errors.
+    table: Option<std::ops::Range<usize>>,
+}
+
+impl Origin<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&self, span: Option<std::ops::Range<usize>>, key: &str, message: String) -> ConfigError {
+        let span = span.or_else(|| self.table.clone());
+        ConfigError {
+            file: self.file.map(Path::to_path_buf),
+            line: if self.file.is_some() {
+                span.map(|s| self.line_of(s.start))
+            } else {
+                None
+            },
+            key: Some(if self.file.is_some() {
+                key.to_string()
+            } else {
+                format!("--{}", key.replace('_', "-"))
+            }),
+            message,
+        }
+    }
+
+    fn int<T: TryFrom<i64>>(
+        &self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        default: T,
+        min: i64,
+        max: i64,
+    ) -> Result<T, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            return Err(self.err(
+                Some(v.span()),
+                key,
+                format!("{n} is out of range ({min}..={max})"),
+            ));
+        }
+        T::try_from(n).map_err(|_| self.err(Some(v.span()), key, format!("{n} is out of range")))
+    }
+}
+
+/// A MAC derived from the TAP name: stable across restarts, locally
+/// administered, unicast.
+pub fn default_mac(tap: &str) -> [u8; 6] {
+    // FNV-1a over the name.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in tap.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let b = h.to_be_bytes();
+    [0x52, 0x54, 0x00, b[1], b[2], b[3]]
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || format!("\"{s}\" is not a MAC address like 52:54:00:12:34:56");
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "{s} is a multicast address; a NIC needs a unicast MAC"
+        ));
+    }
+    Ok(mac)
+}
+
+impl RawDevice {
+    fn check(&self, o: &Origin<'_>) -> Result<DeviceConfig, ConfigError> {
+        let socket = self
+            .socket
+            .as_ref()
+            .ok_or_else(|| o.err(None, "socket", "is required".into()))?;
+        if socket.get_ref().as_os_str().is_empty() {
+            return Err(o.err(Some(socket.span()), "socket", "must not be empty".into()));
+        }
+        let tap = self
+            .tap
+            .as_ref()
+            .ok_or_else(|| o.err(None, "tap", "is required".into()))?;
+        let name = tap.get_ref();
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ':', ' ', '\0']) {
+            return Err(o.err(
+                Some(tap.span()),
+                "tap",
+                format!("\"{name}\" is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"),
+            ));
+        }
+        let queues = o.int(&self.queues, "queues", DEFAULT_QUEUES, 1, MAX_QUEUES as i64)?;
+        let queue_size: u16 = o.int(
+            &self.queue_size,
+            "queue_size",
+            DEFAULT_QUEUE_SIZE,
+            64,
+            32768,
+        )?;
+        if !queue_size.is_power_of_two() {
+            let span = self.queue_size.as_ref().map(|v| v.span());
+            return Err(o.err(
+                span,
+                "queue_size",
+                format!("{queue_size} is not a power of two"),
+            ));
+        }
+        let ring_size = o.int(&self.ring_size, "ring_size", DEFAULT_RING_SIZE, 4, 65536)?;
+        let mtu = o.int(&self.mtu, "mtu", DEFAULT_MTU, 68, 65535)?;
+        let txqueuelen = match &self.txqueuelen {
+            Some(_) => Some(o.int(&self.txqueuelen, "txqueuelen", 0u32, 1, 1 << 20)?),
+            None => None,
+        };
+        let mac = match &self.mac {
+            Some(m) => parse_mac(m.get_ref()).map_err(|e| o.err(Some(m.span()), "mac", e))?,
+            None => default_mac(name),
+        };
+        let mode = match &self.mode {
+            Some(m) => Mode::parse(m.get_ref()).map_err(|e| o.err(Some(m.span()), "mode", e))?,
+            None => Mode::Backpressure,
+        };
+        Ok(DeviceConfig {
+            socket: socket.get_ref().clone(),
+            tap: name.clone(),
+            queues,
+            queue_size,
+            ring_size,
+            mac,
+            mtu,
+            mode,
+            txqueuelen,
+        })
+    }
+
+    /// Check a device given on the command line.
+    pub fn check_cli(&self) -> Result<DeviceConfig, ConfigError> {
+        self.check(&Origin {
+            file: None,
+            text: "",
+            table: None,
+        })
+    }
+}
+
+/// Parse and check a configuration file's text.
+pub fn parse_file(path: &Path, text: &str) -> Result<Vec<DeviceConfig>, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| {
+            text[..s.start.min(text.len())]
+                .bytes()
+                .filter(|&b| b == b'\n')
+                .count()
+                + 1
+        });
+        ConfigError {
+            file: Some(path.to_path_buf()),
+            line,
+            key: None,
+            message: e.message().to_string(),
+        }
+    })?;
+    if file.device.is_empty() {
+        return Err(ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            key: Some("device".into()),
+            message: "no [[device]] defined".into(),
+        });
+    }
+    let mut out: Vec<DeviceConfig> = Vec::new();
+    for d in &file.device {
+        let o = Origin {
+            file: Some(path),
+            text,
+            table: Some(d.span()),
+        };
+        let dev = d.get_ref().check(&o)?;
+        if let Some(prev) = out.iter().find(|p| p.socket == dev.socket) {
+            return Err(o.err(
+                d.get_ref().socket.as_ref().map(|s| s.span()),
+                "socket",
+                format!(
+                    "{} is used by two devices (TAP {} too)",
+                    dev.socket.display(),
+                    prev.tap
+                ),
+            ));
+        }
+        if let Some(prev) = out.iter().find(|p| p.tap == dev.tap) {
+            return Err(o.err(
+                d.get_ref().tap.as_ref().map(|s| s.span()),
+                "tap",
+                format!(
+                    "{} is used by two devices (socket {} too)",
+                    dev.tap,
+                    prev.socket.display()
+                ),
+            ));
+        }
+        out.push(dev);
+    }
+    Ok(out)
+}
+
+/// Read, parse and check a configuration file.
+pub fn load_file(path: &Path) -> Result<Vec<DeviceConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_path_buf()),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_file(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<DeviceConfig>, ConfigError> {
+        parse_file(Path::new("/etc/vt.toml"), text)
+    }
+
+    #[test]
+    fn two_devices_with_defaults() {
+        let d = parse(
+            "[[device]]\nsocket = \"/run/a.sock\"\ntap = \"vt0\"\n\n[[device]]\nsocket = \"/run/b.sock\"\ntap = \"vt1\"\nqueues = 2\nmac = \"52:54:00:aa:bb:cc\"\n",
+        )
+        .unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].queues, 1);
+        assert_eq!(d[0].queue_size, DEFAULT_QUEUE_SIZE);
+        assert_eq!(d[0].mac, default_mac("vt0"));
+        assert_eq!(d[1].queues, 2);
+        assert_eq!(d[1].mac, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e =
+            parse("[[device]]\nsocket = \"/run/a.sock\"\ntap = \"vt0\"\nqueus = 2\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("/etc/vt.toml:4:"), "{s}");
+        assert!(s.contains("queus"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_names_its_line_and_key() {
+        let e = parse("[[device]]\nsocket = \"/run/a.sock\"\ntap = \"vt0\"\n\nqueue_size = 1000\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(5));
+        assert_eq!(e.key.as_deref(), Some("queue_size"));
+        assert!(e.message.contains("power of two"));
+        let e = parse(
+            "[[device]]\nsocket = \"/run/a.sock\"\ntap = \"vt0\"\nmac = \"01:00:5e:00:00:01\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("mac")));
+        let e = parse("[[device]]\nsocket = \"/run/a.sock\"\ntap = \"a-name-far-too-long\"\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("tap")));
+    }
+
+    #[test]
+    fn missing_key_and_duplicates_are_located() {
+        let e = parse("[[device]]\nsocket = \"/run/a.sock\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("tap")));
+        let e = parse(
+            "[[device]]\nsocket = \"/run/a.sock\"\ntap = \"vt0\"\n[[device]]\nsocket = \"/run/a.sock\"\ntap = \"vt1\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("socket")));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = parse("[[device]]\nsocket = \"/run/a.sock\ntap = \"vt0\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn unimplemented_mode_is_refused_plainly() {
+        let e =
+            parse("[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nmode = \"fq-codel\"\n").unwrap_err();
+        assert!(e.message.contains("not implemented"), "{e}");
+    }
+
+    #[test]
+    fn cli_errors_name_the_flag() {
+        let raw = RawDevice {
+            socket: Some(Spanned::new(0..0, "/a".into())),
+            tap: Some(Spanned::new(0..0, "vt0".into())),
+            queues: Some(Spanned::new(0..0, 0)),
+            ..Default::default()
+        };
+        let e = raw.check_cli().unwrap_err();
+        assert_eq!(e.to_string(), "--queues: 0 is out of range (1..=16)");
+    }
+}

@@ -1,0 +1,531 @@
+//! The data path of one queue pair: TAP reader, RX filler, TX drainer.
+//!
+//! ```text
+//!  TAP queue fd ──read──► [TapReader] ─produce─► ptr-ring ─peek/discard─► [RxFiller] ──► guest RX vring
+//!                          stops at full ring                  wakes the reader at half
+//!  guest TX vring ──► [TxDrainer] ──writev from guest memory──► TAP queue fd
+//!                      EAGAIN/ENOBUFS: the chain stays in the ring, wait for EPOLLOUT
+//! ```
+//!
+//! Reader and filler run on the queue pair's worker thread; the ring's
+//! stop/wake protocol is the one the kernel series uses between tun and
+//! vhost-net, so moving the reader to a thread of its own changes no rule.
+//! Frames live in slot-indexed buffers beside the ring: the reader owns
+//! buffer `i` while slot `i` is empty, the filler from its `peek` until its
+//! `discard_one`.
+//!
+//! Nothing here drops a frame for lack of room: a full ring stops the reader
+//! (the frame waits in the kernel), a guest without RX buffers leaves the
+//! frame in the ring, a full TAP leaves the chain in the guest's TX ring.
+//! The only drops are frames that can never be delivered, each counted.
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use log::{error, warn};
+use ptr_ring::{Consumer, Produced, Producer, Woken};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::chain::{self, Chain, Direction};
+use crate::counters::QueueCounters;
+
+/// Largest frame the TAP hands us or accepts: a 64 KiB GSO frame plus
+/// Ethernet and VLAN headers.
+pub const MAX_FRAME: usize = 65_536 + 14 + 4;
+/// Smallest frame worth delivering: an Ethernet header.
+pub const MIN_FRAME: usize = 14;
+/// Room for the largest virtio-net header and the largest frame, with one
+/// spare byte so that a truncated read is recognisable.
+const BUF_SIZE: usize = 12 + MAX_FRAME + 1;
+/// Frames moved per event before yielding to the other events of the worker.
+pub const BUDGET: usize = 256;
+
+/// What the guest and the backend agreed on, as far as the data path cares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Length of the virtio-net header on both the vring and the TAP (10 or 12).
+    pub hdr_len: usize,
+    /// VIRTIO_NET_F_MRG_RXBUF: a frame may span several RX chains.
+    pub mrg_rxbuf: bool,
+}
+
+/// How a call into the RX side ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// Nothing more to do until the next event.
+    Idle,
+    /// The budget ran out with work left: call again after other events.
+    MoreWork,
+}
+
+/// `iovec`s pointing into guest memory, kept between frames to avoid an
+/// allocation per frame.
+struct IoVecs(Vec<libc::iovec>);
+
+// SAFETY: the raw pointers in the vector are only dereferenced by the kernel
+// inside the `writev` call that follows their construction, while the guest
+// memory guard that keeps the mapping alive is held; the vector is cleared
+// before the next use, so no pointer crosses threads in a usable state.
+unsafe impl Send for IoVecs {}
+
+/// One queue pair's state, owned by its worker thread (behind a mutex that
+/// only that thread takes in steady state).
+pub struct QueuePair {
+    pub index: usize,
+    tap: Arc<tap::Tap>,
+    producer: Producer,
+    consumer: Consumer,
+    /// Frame buffers, indexed by ring slot.
+    bufs: Vec<Box<[u8]>>,
+    pub counters: Arc<QueueCounters>,
+    /// The TAP fd may have frames (edge-triggered epoll: set on EPOLLIN, cleared on EAGAIN).
+    tap_readable: bool,
+    /// A TAP write returned EAGAIN/ENOBUFS; TX waits for EPOLLOUT.
+    tx_blocked: bool,
+    /// The guest broke a queue; it is left alone until the next connection.
+    rx_broken: bool,
+    tx_broken: bool,
+    /// Scratch space, reused for every frame.
+    chains: Vec<Chain>,
+    iov: IoVecs,
+}
+
+impl QueuePair {
+    pub fn new(index: usize, tap: Arc<tap::Tap>, ring_size: usize) -> Self {
+        let (producer, consumer) = ptr_ring::ring(ring_size);
+        let bufs = (0..ring_size)
+            .map(|_| vec![0u8; BUF_SIZE].into_boxed_slice())
+            .collect();
+        QueuePair {
+            index,
+            tap,
+            producer,
+            consumer,
+            bufs,
+            counters: Arc::new(QueueCounters::default()),
+            tap_readable: true,
+            tx_blocked: false,
+            rx_broken: false,
+            tx_broken: false,
+            chains: Vec::new(),
+            iov: IoVecs(Vec::new()),
+        }
+    }
+
+    /// Forget the per-connection state (broken queues, TX waiting); frames in
+    /// the ring stay for the next guest.
+    pub fn reset_for_connection(&mut self) {
+        self.tap_readable = true;
+        self.tx_blocked = false;
+        self.rx_broken = false;
+        self.tx_broken = false;
+    }
+
+    /// Frames waiting in the ring.
+    pub fn ring_len(&self) -> usize {
+        self.consumer.len()
+    }
+
+    /// Count the frames still in the ring as lost (daemon shutdown).
+    pub fn drop_ring_at_shutdown(&mut self) {
+        let mut n = 0;
+        while self.consumer.consume().is_some() {
+            n += 1;
+        }
+        QueueCounters::add(&self.counters.rx_dropped_shutdown, n);
+    }
+
+    pub fn tap_readable(&mut self) {
+        self.tap_readable = true;
+    }
+
+    pub fn tap_writable(&mut self) {
+        self.tx_blocked = false;
+    }
+
+    /// Read frames from the TAP into the ring until the ring stops the
+    /// reader, the TAP has nothing, or `budget` frames were read.
+    fn read_tap(&mut self, budget: usize) -> usize {
+        let c = &*self.counters;
+        let mut read = 0;
+        while read < budget && self.tap_readable && !self.producer.is_stopped() {
+            let Some(slot) = self.producer.next_free_slot() else {
+                // Full without being stopped can only follow a consumer's
+                // wake racing our previous produce; the next discard batch frees it.
+                break;
+            };
+            let buf = &mut self.bufs[slot];
+            let n = match self.tap.queue(self.index).read(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tap_readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EBADFD after the TAP went away, EIO...: nothing was
+                    // lost by us, the read failed. Wait for the next edge.
+                    warn!(
+                        "tap: {} queue {}: read failed: {e}",
+                        self.tap.name(),
+                        self.index
+                    );
+                    self.tap_readable = false;
+                    break;
+                }
+            };
+            read += 1;
+            if n >= buf.len() {
+                QueueCounters::add(&c.rx_dropped_truncated, 1);
+                continue;
+            }
+            let Some(len) = NonZeroUsize::new(n).filter(|n| n.get() >= 12 + MIN_FRAME) else {
+                QueueCounters::add(&c.rx_dropped_too_short, 1);
+                continue;
+            };
+            match self.producer.produce(len) {
+                Ok(Produced::Ok) => {}
+                Ok(Produced::Stopped) => QueueCounters::add(&c.rx_reader_stops, 1),
+                Err(ptr_ring::Full) => unreachable!("next_free_slot said the slot was free"),
+            }
+            QueueCounters::raise(&c.rx_ring_high_water, self.consumer.len() as u64);
+        }
+        read
+    }
+
+    /// Move frames TAP → ring → guest until neither side can progress or the
+    /// budget runs out. Returns whether work is left and whether any frame
+    /// reached the guest (the caller then signals it, once).
+    pub fn rx_run(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+        ready: bool,
+    ) -> (RxOutcome, bool) {
+        let mut moved = 0usize;
+        let mut delivered_any = false;
+        loop {
+            if ready && !self.rx_broken {
+                let (n, _guest_full) = self.fill_guest(queue, mem, neg);
+                delivered_any |= n > 0;
+                moved += n;
+            }
+            if moved >= BUDGET {
+                return (RxOutcome::MoreWork, delivered_any);
+            }
+            let read = self.read_tap(BUDGET - moved);
+            moved += read;
+            if read == 0 {
+                return (RxOutcome::Idle, delivered_any);
+            }
+        }
+    }
+
+    /// Deliver frames from the ring into guest RX chains. Returns the number
+    /// of frames delivered and whether the guest ran out of buffers.
+    fn fill_guest(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+    ) -> (usize, bool) {
+        let mut delivered = 0;
+        while delivered < BUDGET {
+            let Some((slot, len)) = self.consumer.peek() else {
+                return (delivered, false);
+            };
+            match self.deliver_one(queue, mem, neg, slot, len.get()) {
+                Delivery::Done => delivered += 1,
+                Delivery::Dropped => {}
+                Delivery::NoBuffers => {
+                    // Ask for a kick when buffers come, then look once more:
+                    // the guest may have posted between our check and the request.
+                    match queue.enable_notification(mem) {
+                        Ok(true) => continue,
+                        Ok(false) => {
+                            QueueCounters::add(&self.counters.rx_no_guest_buffers, 1);
+                            return (delivered, true);
+                        }
+                        Err(e) => {
+                            self.break_rx(&format!("cannot enable notifications: {e}"));
+                            return (delivered, true);
+                        }
+                    }
+                }
+                Delivery::Broken => return (delivered, true),
+            }
+            if self.consumer.discard_one() == Woken::Yes {
+                QueueCounters::add(&self.counters.rx_reader_wakes, 1);
+            }
+        }
+        (delivered, false)
+    }
+
+    fn break_rx(&mut self, why: &str) {
+        error!(
+            "rx: {} queue {}: guest RX queue broken, not served until the guest resets it: {why}",
+            self.tap.name(),
+            self.index
+        );
+        self.rx_broken = true;
+        QueueCounters::add(&self.counters.rx_queue_broken, 1);
+    }
+
+    fn break_tx(&mut self, why: &str) {
+        error!(
+            "tx: {} queue {}: guest TX queue broken, not served until the guest resets it: {why}",
+            self.tap.name(),
+            self.index
+        );
+        self.tx_broken = true;
+        QueueCounters::add(&self.counters.tx_queue_broken, 1);
+    }
+
+    /// Put the frame in ring slot `slot` (`len` bytes, header included) into
+    /// guest chains.
+    fn deliver_one(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+        slot: usize,
+        len: usize,
+    ) -> Delivery {
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
+        // Gather chains until they hold the frame.
+        let mut taken = 0usize;
+        let mut capacity = 0usize;
+        {
+            let mut iter = match queue.iter(mem) {
+                Ok(iter) => iter,
+                Err(e) => {
+                    self.break_rx(&format!("bad avail ring: {e}"));
+                    return Delivery::Broken;
+                }
+            };
+            while capacity < len {
+                let Some(dc) = iter.next() else { break };
+                if self.chains.len() <= taken {
+                    self.chains.push(Chain::default());
+                }
+                let c = &mut self.chains[taken];
+                if let Err(e) =
+                    chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
+                {
+                    drop(iter);
+                    self.break_rx(&e.to_string());
+                    return Delivery::Broken;
+                }
+                taken += 1;
+                capacity += c.total_len as usize;
+                if !neg.mrg_rxbuf {
+                    break;
+                }
+            }
+            if capacity < len {
+                let never = !neg.mrg_rxbuf && taken == 1 || taken >= usize::from(size);
+                for _ in 0..taken {
+                    iter.go_to_previous_position();
+                }
+                if never {
+                    QueueCounters::add(&self.counters.rx_dropped_too_big, 1);
+                    log::debug!(
+                        "rx: queue {}: dropped a {len}-byte frame larger than the guest's buffers ({capacity} bytes)",
+                        self.index
+                    );
+                    return Delivery::Dropped;
+                }
+                return Delivery::NoBuffers;
+            }
+        }
+
+        // The frame fits: set num_buffers, copy, publish.
+        let frame = &mut self.bufs[slot][..len];
+        if neg.hdr_len == 12 {
+            let nb = if neg.mrg_rxbuf { taken as u16 } else { 1 };
+            frame[10..12].copy_from_slice(&nb.to_le_bytes());
+        }
+        let mut off = 0usize;
+        for c in &self.chains[..taken] {
+            let start = off;
+            for seg in &c.segments {
+                if off == len {
+                    break;
+                }
+                let n = (seg.len as usize).min(len - off);
+                if let Err(e) = vm_memory::Bytes::write_slice(mem, &frame[off..off + n], seg.addr) {
+                    // walk() checked the range; a failure here means the memory map changed.
+                    let why = format!("write to guest buffer failed: {e}");
+                    self.break_rx(&why);
+                    return Delivery::Broken;
+                }
+                off += n;
+            }
+            if let Err(e) = queue.add_used(mem, c.head, (off - start) as u32) {
+                let why = format!("cannot publish used entry: {e}");
+                self.break_rx(&why);
+                return Delivery::Broken;
+            }
+        }
+        let c = &*self.counters;
+        QueueCounters::add(&c.rx_frames, 1);
+        QueueCounters::add(&c.rx_bytes, (len - neg.hdr_len) as u64);
+        Delivery::Done
+    }
+
+    /// Drain guest TX chains into the TAP. Returns whether any chain was used.
+    pub fn tx_run(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+    ) -> (RxOutcome, bool) {
+        if self.tx_broken || self.tx_blocked {
+            return (RxOutcome::Idle, false);
+        }
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
+        let mut used_any = false;
+        let mut done = 0;
+        let mut chain = std::mem::take(&mut self.chains).pop().unwrap_or_default();
+        let outcome = loop {
+            if done >= BUDGET {
+                break RxOutcome::MoreWork;
+            }
+            let mut iter = match queue.iter(mem) {
+                Ok(iter) => iter,
+                Err(e) => {
+                    self.break_tx(&format!("bad avail ring: {e}"));
+                    break RxOutcome::Idle;
+                }
+            };
+            let Some(dc) = iter.next() else {
+                drop(iter);
+                match queue.enable_notification(mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break RxOutcome::Idle,
+                    Err(e) => {
+                        self.break_tx(&format!("cannot enable notifications: {e}"));
+                        break RxOutcome::Idle;
+                    }
+                }
+            };
+            if let Err(e) = chain::walk(
+                mem,
+                table,
+                size,
+                dc.head_index(),
+                Direction::Readable,
+                &mut chain,
+            ) {
+                drop(iter);
+                self.break_tx(&e.to_string());
+                break RxOutcome::Idle;
+            }
+            let total = chain.total_len as usize;
+            let verdict = if total < neg.hdr_len + MIN_FRAME {
+                Some(&self.counters.tx_dropped_too_short)
+            } else if total > neg.hdr_len + MAX_FRAME {
+                Some(&self.counters.tx_dropped_too_big)
+            } else {
+                None
+            };
+            let result = match verdict {
+                Some(counter) => {
+                    QueueCounters::add(counter, 1);
+                    log::debug!(
+                        "tx: queue {}: dropped a {total}-byte chain (invalid length)",
+                        self.index
+                    );
+                    Ok(())
+                }
+                None => self.write_chain(mem, &chain, neg),
+            };
+            match result {
+                Ok(()) => {}
+                Err(TxError::Full) => {
+                    iter.go_to_previous_position();
+                    self.tx_blocked = true;
+                    QueueCounters::add(&self.counters.tx_tap_full, 1);
+                    break RxOutcome::Idle;
+                }
+                Err(TxError::Broken(why)) => {
+                    drop(iter);
+                    self.break_tx(&why);
+                    break RxOutcome::Idle;
+                }
+            }
+            drop(iter);
+            if let Err(e) = queue.add_used(mem, chain.head, 0) {
+                self.break_tx(&format!("cannot publish used entry: {e}"));
+                break RxOutcome::Idle;
+            }
+            used_any = true;
+            done += 1;
+        };
+        self.chains.push(chain);
+        (outcome, used_any)
+    }
+
+    /// `writev` one checked chain straight from guest memory.
+    fn write_chain(
+        &mut self,
+        mem: &GuestMemoryMmap<()>,
+        chain: &Chain,
+        neg: Negotiated,
+    ) -> Result<(), TxError> {
+        self.iov.0.clear();
+        for seg in &chain.segments {
+            for s in mem.get_slices(seg.addr, seg.len as usize) {
+                let s = s.map_err(|e| TxError::Broken(format!("guest buffer unmapped: {e}")))?;
+                self.iov.0.push(libc::iovec {
+                    iov_base: s.ptr_guard().as_ptr() as *mut libc::c_void,
+                    iov_len: s.len(),
+                });
+            }
+        }
+        let q = self.tap.queue(self.index);
+        loop {
+            // SAFETY: every iovec was built just above from a `VolatileSlice`
+            // of `mem`, checked to lie inside a mapped region; `mem` (and so
+            // the mapping) outlives this call, and writev only reads them.
+            let r = unsafe { q.writev_raw(&self.iov.0) };
+            self.iov.0.clear();
+            return match r {
+                Ok(_) => {
+                    let c = &*self.counters;
+                    QueueCounters::add(&c.tx_frames, 1);
+                    QueueCounters::add(
+                        &c.tx_bytes,
+                        (chain.total_len as usize - neg.hdr_len) as u64,
+                    );
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TxError::Full),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(TxError::Full),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    QueueCounters::add(&self.counters.tx_dropped_tap_error, 1);
+                    log::debug!("tx: queue {}: the TAP refused a frame: {e}", self.index);
+                    Ok(())
+                }
+            };
+        }
+    }
+}
+
+enum Delivery {
+    Done,
+    Dropped,
+    NoBuffers,
+    Broken,
+}
+
+enum TxError {
+    Full,
+    Broken(String),
+}

@@ -1,0 +1,492 @@
+//! A thin relay between the frontend and the vhost crate's request
+//! dispatcher, accepting the message order QEMU really sends.
+//!
+//! QEMU 10 sends `SET_VRING_ENABLE` for a vhost-user net device before
+//! `SET_FEATURES` whenever the backend *offers* `VHOST_USER_F_PROTOCOL_FEATURES`
+//! (it looks at the offered features, not the acked ones). The vhost crate's
+//! `BackendReqHandler` answers that message with
+//! `InactiveFeature(PROTOCOL_FEATURES)` and the connection ends.
+//!
+//! The relay passes every message through unchanged (header, payload and the
+//! file descriptors that ride on it), except that one case: a
+//! `SET_VRING_ENABLE` that arrives before the frontend acked
+//! `PROTOCOL_FEATURES` is remembered, acknowledged to the frontend if it asked
+//! for a reply, and replayed to the dispatcher right after the `SET_FEATURES`
+//! that acks `PROTOCOL_FEATURES` — at which point the spec says rings start
+//! disabled and `SET_VRING_ENABLE` is meaningful. If the frontend acks
+//! features without `PROTOCOL_FEATURES`, the remembered requests are dropped:
+//! rings are then enabled by `SET_FEATURES` itself.
+//!
+//! Replies from the dispatcher flow back unchanged. The control path carries
+//! a few hundred messages per connection; the data path never crosses it.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use log::{debug, warn};
+
+/// vhost-user request codes the relay looks at.
+const SET_FEATURES: u32 = 2;
+const SET_PROTOCOL_FEATURES: u32 = 16;
+const SET_VRING_ENABLE: u32 = 18;
+const RESET_OWNER: u32 = 4;
+/// Header flags.
+const VERSION_1: u32 = 0x1;
+const REPLY: u32 = 0x4;
+const NEED_REPLY: u32 = 0x8;
+/// Bits in feature words.
+const PROTOCOL_FEATURES: u64 = 1 << 30;
+const REPLY_ACK: u64 = 1 << 3;
+/// Largest payload the relay accepts (the protocol's largest is the memory
+/// table: 8 regions of 32 bytes plus 8; config space messages are 4 KiB + 12).
+const MAX_PAYLOAD: u32 = 64 * 1024;
+/// The most descriptors one message may carry.
+const MAX_FDS: usize = 32;
+
+/// One vhost-user message with its descriptors.
+#[derive(Debug)]
+pub struct Message {
+    pub request: u32,
+    pub flags: u32,
+    pub payload: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Message {
+    fn u64_payload(&self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.payload.get(..8)?.try_into().ok()?))
+    }
+
+    fn header(&self) -> [u8; 12] {
+        let mut h = [0u8; 12];
+        h[0..4].copy_from_slice(&self.request.to_le_bytes());
+        h[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        h[8..12].copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        h
+    }
+}
+
+/// Receive exactly `buf.len()` bytes; descriptors that arrive are appended to `fds`.
+fn recv_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = recv_with_fds(sock, &mut buf[got..], fds)?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the middle of a message",
+            ));
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+/// One `recvmsg` that keeps any `SCM_RIGHTS` descriptors.
+fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    // Room for MAX_FDS descriptors in one control message.
+    let mut cmsg = [0u64; (MAX_FDS * 4 + 32) / 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer field is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    let n = loop {
+        // SAFETY: `msg` points to `iov` (a live buffer of `buf.len()` bytes)
+        // and to `cmsg` (a live buffer of `msg_controllen` bytes), both
+        // outliving the call.
+        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message carried more descriptors than the protocol allows",
+        ));
+    }
+    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is a non-null header inside the control buffer (see above).
+        let hdr = unsafe { &*c };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a pure computation.
+            let data_len = hdr.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = data_len / std::mem::size_of::<RawFd>();
+            // SAFETY: CMSG_DATA points at `count` descriptors inside the control buffer.
+            let data = unsafe { libc::CMSG_DATA(c) } as *const RawFd;
+            for i in 0..count {
+                // SAFETY: index `i` < count is inside the data (unaligned read
+                // because CMSG_DATA need not be aligned for RawFd); the kernel
+                // installed each descriptor for us, so we own it.
+                let fd = unsafe { std::ptr::read_unaligned(data.add(i)) };
+                // SAFETY: see above: a fresh descriptor that nothing else owns.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    Ok(n)
+}
+
+/// Read one message; `Ok(None)` when the peer closed the connection cleanly.
+pub fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
+    let mut fds = Vec::new();
+    let mut h = [0u8; 12];
+    if !recv_exact(sock, &mut h, &mut fds)? {
+        return Ok(None);
+    }
+    let request = u32::from_le_bytes(h[0..4].try_into().unwrap_or_default());
+    let flags = u32::from_le_bytes(h[4..8].try_into().unwrap_or_default());
+    let size = u32::from_le_bytes(h[8..12].try_into().unwrap_or_default());
+    if size > MAX_PAYLOAD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("request {request} announces a {size}-byte payload (at most {MAX_PAYLOAD})"),
+        ));
+    }
+    let mut payload = vec![0u8; size as usize];
+    if size > 0 && !recv_exact(sock, &mut payload, &mut fds)? {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed between header and payload",
+        ));
+    }
+    Ok(Some(Message {
+        request,
+        flags,
+        payload,
+        fds,
+    }))
+}
+
+/// Write one message, its descriptors on the first byte.
+pub fn write_message(sock: &UnixStream, m: &Message) -> io::Result<()> {
+    let h = m.header();
+    let mut iov = [
+        libc::iovec {
+            iov_base: h.as_ptr() as *mut libc::c_void,
+            iov_len: h.len(),
+        },
+        libc::iovec {
+            iov_base: m.payload.as_ptr() as *mut libc::c_void,
+            iov_len: m.payload.len(),
+        },
+    ];
+    let raw: Vec<RawFd> = m.fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmsg = [0u64; (MAX_FDS * 4 + 32) / 8];
+    // SAFETY: msghdr is plain data; every pointer field is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = if m.payload.is_empty() { 1 } else { 2 };
+    if !raw.is_empty() {
+        let bytes = std::mem::size_of_val(raw.as_slice());
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer holds `space` bytes (MAX_FDS bounds `raw`,
+        // checked when the message was read), so the first header and its
+        // data fit.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
+            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes);
+        }
+    }
+    let total = h.len() + m.payload.len();
+    let sent = loop {
+        // SAFETY: `msg` points at `iov` and `cmsg`, alive for the call; the
+        // iovecs point at `h` and `m.payload`, alive for the call.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if sent < total {
+        // The descriptors went with the first byte; send the rest plainly.
+        let mut rest = Vec::with_capacity(total - sent);
+        rest.extend_from_slice(&h);
+        rest.extend_from_slice(&m.payload);
+        (&*sock).write_all(&rest[sent..])?;
+    }
+    Ok(())
+}
+
+/// The relay's view of the negotiation, enough to recognise the early
+/// `SET_VRING_ENABLE`.
+#[derive(Debug, Default)]
+pub struct Filter {
+    protocol_features_acked: bool,
+    reply_ack: bool,
+    /// vring index → enable, as last requested before SET_FEATURES.
+    early_enables: BTreeMap<u32, u32>,
+}
+
+/// What to do with one frontend message.
+#[derive(Debug)]
+pub enum Action {
+    /// Pass it on to the dispatcher.
+    Forward(Message),
+    /// Answer the frontend directly with this reply (and forward nothing).
+    Reply(Message),
+    /// Forward it, then send these messages to the dispatcher (they expect no reply).
+    ForwardThen(Message, Vec<Message>),
+    /// Nothing to forward and no reply wanted.
+    Absorb,
+}
+
+impl Filter {
+    pub fn on_request(&mut self, m: Message) -> Action {
+        match m.request {
+            SET_PROTOCOL_FEATURES => {
+                self.reply_ack = m.u64_payload().unwrap_or(0) & REPLY_ACK != 0;
+                Action::Forward(m)
+            }
+            RESET_OWNER => {
+                *self = Filter::default();
+                Action::Forward(m)
+            }
+            SET_VRING_ENABLE if !self.protocol_features_acked && m.payload.len() >= 8 => {
+                let index = u32::from_le_bytes(m.payload[0..4].try_into().unwrap_or_default());
+                let num = u32::from_le_bytes(m.payload[4..8].try_into().unwrap_or_default());
+                debug!("relay: SET_VRING_ENABLE({index}, {num}) before SET_FEATURES: held until features are acked");
+                self.early_enables.insert(index, num);
+                if self.reply_ack && m.flags & NEED_REPLY != 0 {
+                    Action::Reply(Message {
+                        request: m.request,
+                        flags: VERSION_1 | REPLY,
+                        payload: 0u64.to_le_bytes().to_vec(),
+                        fds: Vec::new(),
+                    })
+                } else {
+                    Action::Absorb
+                }
+            }
+            SET_FEATURES => {
+                let features = m.u64_payload().unwrap_or(0);
+                self.protocol_features_acked = features & PROTOCOL_FEATURES != 0;
+                let held = std::mem::take(&mut self.early_enables);
+                if !self.protocol_features_acked || held.is_empty() {
+                    return Action::Forward(m);
+                }
+                let replay = held
+                    .into_iter()
+                    .map(|(index, num)| {
+                        let mut payload = index.to_le_bytes().to_vec();
+                        payload.extend_from_slice(&num.to_le_bytes());
+                        Message {
+                            request: SET_VRING_ENABLE,
+                            flags: VERSION_1,
+                            payload,
+                            fds: Vec::new(),
+                        }
+                    })
+                    .collect();
+                Action::ForwardThen(m, replay)
+            }
+            _ => Action::Forward(m),
+        }
+    }
+}
+
+/// Relay between `front` (the frontend) and `back` (the dispatcher) until
+/// either side closes. Both sockets are shut down on return.
+pub fn run(front: UnixStream, back: UnixStream, name: &str) -> io::Result<()> {
+    let front_w = Arc::new(Mutex::new(front.try_clone()?));
+    let back_r = back.try_clone()?;
+    let front_for_replies = front_w.clone();
+    let front_shut = front.try_clone()?;
+    let back_shut = back.try_clone()?;
+    let tname = format!("{name}-replies");
+    let replies = thread::Builder::new().name(tname).spawn(move || {
+        let r = (|| -> io::Result<()> {
+            while let Some(m) = read_message(&back_r)? {
+                let sock = front_for_replies.lock().unwrap_or_else(|p| p.into_inner());
+                write_message(&sock, &m)?;
+            }
+            Ok(())
+        })();
+        let _ = front_shut.shutdown(std::net::Shutdown::Both);
+        r
+    })?;
+
+    let mut filter = Filter::default();
+    let r = (|| -> io::Result<()> {
+        while let Some(m) = read_message(&front)? {
+            match filter.on_request(m) {
+                Action::Forward(m) => write_message(&back, &m)?,
+                Action::ForwardThen(m, then) => {
+                    write_message(&back, &m)?;
+                    for t in &then {
+                        write_message(&back, t)?;
+                    }
+                }
+                Action::Reply(reply) => {
+                    let sock = front_w.lock().unwrap_or_else(|p| p.into_inner());
+                    write_message(&sock, &reply)?;
+                }
+                Action::Absorb => {}
+            }
+        }
+        Ok(())
+    })();
+    let _ = back_shut.shutdown(std::net::Shutdown::Both);
+    let _ = front.shutdown(std::net::Shutdown::Both);
+    let r2 = replies
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("reply relay panicked")));
+    if let Err(e) = &r {
+        warn!("{name}: frontend connection: {e}");
+    }
+    r.and(r2.or_else(|e| {
+        // The dispatcher closing first is how it reports a bad request; it logged why.
+        debug!("{name}: dispatcher side: {e}");
+        Ok(())
+    }))
+}
+
+/// Ignore unused-import lint for Read on some paths.
+#[allow(dead_code)]
+fn _uses_read(mut s: &UnixStream) -> io::Result<usize> {
+    s.read(&mut [])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(request: u32, flags: u32, payload: Vec<u8>) -> Message {
+        Message {
+            request,
+            flags,
+            payload,
+            fds: Vec::new(),
+        }
+    }
+
+    fn enable(index: u32, num: u32, flags: u32) -> Message {
+        let mut p = index.to_le_bytes().to_vec();
+        p.extend_from_slice(&num.to_le_bytes());
+        msg(SET_VRING_ENABLE, flags, p)
+    }
+
+    #[test]
+    fn early_enable_is_acked_held_and_replayed_after_set_features() {
+        let mut f = Filter::default();
+        let pf = msg(
+            SET_PROTOCOL_FEATURES,
+            VERSION_1,
+            REPLY_ACK.to_le_bytes().to_vec(),
+        );
+        assert!(matches!(f.on_request(pf), Action::Forward(_)));
+        match f.on_request(enable(0, 1, VERSION_1 | NEED_REPLY)) {
+            Action::Reply(r) => {
+                assert_eq!(r.request, SET_VRING_ENABLE);
+                assert_eq!(r.flags, VERSION_1 | REPLY);
+                assert_eq!(r.payload, 0u64.to_le_bytes());
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+        assert!(matches!(
+            f.on_request(enable(1, 0, VERSION_1)),
+            Action::Absorb
+        ));
+        assert!(matches!(
+            f.on_request(enable(1, 1, VERSION_1)),
+            Action::Absorb
+        ));
+        let sf = msg(
+            SET_FEATURES,
+            VERSION_1,
+            (PROTOCOL_FEATURES | 1 << 32).to_le_bytes().to_vec(),
+        );
+        match f.on_request(sf) {
+            Action::ForwardThen(m, replay) => {
+                assert_eq!(m.request, SET_FEATURES);
+                let got: Vec<(u32, u8)> =
+                    replay.iter().map(|r| (r.request, r.payload[0])).collect();
+                assert_eq!(got, vec![(SET_VRING_ENABLE, 0), (SET_VRING_ENABLE, 1)]);
+                // The last request for vring 1 wins, and no replay asks for a reply.
+                assert_eq!(replay[1].payload[4], 1);
+                assert!(replay.iter().all(|r| r.flags & NEED_REPLY == 0));
+            }
+            other => panic!("expected forward + replay, got {other:?}"),
+        }
+        // After SET_FEATURES, enables pass through.
+        assert!(matches!(
+            f.on_request(enable(0, 1, VERSION_1)),
+            Action::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn without_protocol_features_the_held_enables_are_dropped() {
+        let mut f = Filter::default();
+        assert!(matches!(
+            f.on_request(enable(0, 1, VERSION_1)),
+            Action::Absorb
+        ));
+        let sf = msg(SET_FEATURES, VERSION_1, (1u64 << 32).to_le_bytes().to_vec());
+        assert!(matches!(f.on_request(sf), Action::Forward(_)));
+    }
+
+    #[test]
+    fn messages_and_descriptors_cross_a_socket_intact() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let m = Message {
+            request: 5,
+            flags: VERSION_1,
+            payload: vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
+            fds: vec![OwnedFd::from(file)],
+        };
+        write_message(&a, &m).unwrap();
+        let got = read_message(&b).unwrap().unwrap();
+        assert_eq!(got.request, 5);
+        assert_eq!(got.payload, m.payload);
+        assert_eq!(got.fds.len(), 1);
+        let mut f = std::fs::File::from(got.fds.into_iter().next().unwrap());
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert!(s.contains('('));
+        drop(a);
+        assert!(read_message(&b).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_payload_is_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut h = [0u8; 12];
+        h[0..4].copy_from_slice(&1u32.to_le_bytes());
+        h[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        (&a).write_all(&h).unwrap();
+        let e = read_message(&b).unwrap_err();
+        assert!(e.to_string().contains("payload"));
+    }
+}

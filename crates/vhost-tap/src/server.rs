@@ -1,0 +1,229 @@
+//! One device's life: listen on its socket, serve one frontend at a time
+//! through the relay, and listen again when the frontend goes away.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use log::{error, info, warn};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::backend::{Device, NetBackend};
+use crate::relay;
+
+/// Stops every device server: set, then each server's eventfd is written.
+pub struct Stop {
+    requested: AtomicBool,
+}
+
+impl Stop {
+    pub fn new() -> Arc<Stop> {
+        Arc::new(Stop {
+            requested: AtomicBool::new(false),
+        })
+    }
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+    }
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+}
+
+/// Serves one device's socket.
+pub struct DeviceServer {
+    pub device: Arc<Device>,
+    socket: PathBuf,
+    listener: UnixListener,
+    wake: EventFd,
+    stop: Arc<Stop>,
+    /// The frontend connection being served, to cut it at shutdown.
+    active: Mutex<Option<UnixStream>>,
+    /// Where the relay meets the dispatcher: a private directory of ours.
+    private_dir: PathBuf,
+    connections: AtomicU64,
+}
+
+/// Bind `path`, replacing a stale socket file but never a live one.
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is served by another process", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The directory for the relay's inner sockets: mode 0700, ours alone.
+pub fn private_dir() -> io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vhost-tap.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+impl DeviceServer {
+    pub fn new(
+        device: Arc<Device>,
+        socket: PathBuf,
+        stop: Arc<Stop>,
+        private_dir: PathBuf,
+    ) -> io::Result<DeviceServer> {
+        let listener = bind(&socket).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", socket.display()),
+            )
+        })?;
+        Ok(DeviceServer {
+            device,
+            socket,
+            listener,
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            stop,
+            active: Mutex::new(None),
+            private_dir,
+            connections: AtomicU64::new(0),
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.device.settings.name
+    }
+
+    /// Wake the accept loop and cut the current connection (shutdown).
+    pub fn interrupt(&self) {
+        let _ = self.wake.write(1);
+        if let Some(s) = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Wait for a frontend or a stop; `None` on stop.
+    fn accept(&self) -> io::Result<Option<UnixStream>> {
+        loop {
+            if self.stop.requested() {
+                return Ok(None);
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a live array of two pollfd structs.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if fds[1].revents != 0 {
+                let _ = self.wake.read();
+                continue;
+            }
+            if fds[0].revents != 0 {
+                let (s, _) = self.listener.accept()?;
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    /// Serve frontends one after the other until stopped.
+    pub fn run(&self) {
+        info!(
+            "{}: listening on {} (TAP {}, {} queue pair(s))",
+            self.name(),
+            self.socket.display(),
+            self.device.tap.name(),
+            self.device.settings.queue_pairs
+        );
+        loop {
+            let front = match self.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => {
+                    error!(
+                        "{}: accept on {} failed: {e}",
+                        self.name(),
+                        self.socket.display()
+                    );
+                    break;
+                }
+            };
+            let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+            info!("{}: frontend connected (connection {n})", self.name());
+            if let Err(e) = self.serve_connection(front, n) {
+                error!("{}: connection {n}: {e}", self.name());
+            }
+            info!(
+                "{}: frontend gone (connection {n}); listening again\n{}",
+                self.name(),
+                self.device.report().trim_end()
+            );
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    fn serve_connection(&self, front: UnixStream, n: u64) -> io::Result<()> {
+        let name = self.name().to_string();
+        let backend = Arc::new(NetBackend::new(self.device.clone())?);
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
+        let mut daemon = VhostUserDaemon::new(name.clone(), backend.clone(), mem)
+            .map_err(|e| io::Error::other(format!("cannot create the vhost-user handler: {e}")))?;
+        backend.register(&daemon.get_epoll_handlers())?;
+
+        // The dispatcher accepts on a socket in our private directory; the
+        // relay connects to it and sits between it and the frontend.
+        let inner_path = self.private_dir.join(format!("{name}.{n}.sock"));
+        let _ = std::fs::remove_file(&inner_path);
+        let inner = UnixListener::bind(&inner_path)?;
+        let back = UnixStream::connect(&inner_path)?;
+        let mut listener = Listener::from(inner);
+        let started = daemon.start(&mut listener);
+        let _ = std::fs::remove_file(&inner_path);
+        started.map_err(|e| io::Error::other(format!("cannot start the dispatcher: {e}")))?;
+
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(front.try_clone()?);
+        if self.stop.requested() {
+            let _ = front.shutdown(std::net::Shutdown::Both);
+        }
+        let relayed = relay::run(front, back, &name);
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = None;
+
+        daemon.request_shutdown();
+        if let Err(e) = daemon.wait() {
+            warn!("{name}: vhost-user session ended: {e}");
+        }
+        drop(daemon);
+        relayed
+    }
+}
