@@ -200,6 +200,8 @@ mod tests {
         drops: Vec<(u64, u64)>, // (id, when)
         marks: Vec<(u64, u64)>,
         now: u64,
+        /// Whether arriving packets are ECN-capable.
+        ect: bool,
     }
 
     impl CodelQueue for Fifo {
@@ -239,14 +241,13 @@ mod tests {
         end: u64,
         tick: u64,
         arrivals: usize,
-        ect: bool,
     ) {
         let mut t = from;
         let mut id = f.q.back().map_or(0, |b| b.0 + 1);
         while t < end {
             f.now = t;
             for _ in 0..arrivals {
-                f.q.push_back((id, t, ect));
+                f.q.push_back((id, t, f.ect));
                 id += 1;
             }
             v.dequeue(p, f, t);
@@ -261,7 +262,7 @@ mod tests {
         for i in 0..4 {
             f.q.push_back((i, 0, false));
         }
-        run(&mut v, &mut f, &p, MS, 10_000 * MS, MS, 1, false);
+        run(&mut v, &mut f, &p, MS, 10_000 * MS, MS, 1);
         assert!(f.drops.is_empty());
         assert!(!v.dropping());
     }
@@ -273,9 +274,9 @@ mod tests {
             f.q.push_back((i, 0, false));
         }
         // Sojourn reaches 5 ms at t = 5 ms: first_above_time = 105 ms.
-        run(&mut v, &mut f, &p, MS, 105 * MS, MS, 1, false);
+        run(&mut v, &mut f, &p, MS, 105 * MS, MS, 1);
         assert!(f.drops.is_empty(), "{:?}", f.drops);
-        run(&mut v, &mut f, &p, 105 * MS, 106 * MS, MS, 1, false);
+        run(&mut v, &mut f, &p, 105 * MS, 106 * MS, MS, 1);
         assert_eq!(f.drops.len(), 1);
         assert_eq!(f.drops[0].1, 105 * MS);
         assert!(v.dropping());
@@ -284,10 +285,11 @@ mod tests {
     #[test]
     fn ecn_marks_instead_of_dropping() {
         let (mut v, mut f, p) = (CodelVars::default(), Fifo::default(), params(true));
+        f.ect = true;
         for i in 0..20 {
             f.q.push_back((i, 0, true));
         }
-        run(&mut v, &mut f, &p, MS, 1000 * MS, MS, 1, true);
+        run(&mut v, &mut f, &p, MS, 1000 * MS, MS, 1);
         assert!(f.drops.is_empty());
         assert_eq!(f.marks[0].1, 105 * MS);
         // Marks follow the same law: 105, 205, 205 + 70.7, ...
@@ -300,7 +302,7 @@ mod tests {
         let (mut v, mut f, p) = (CodelVars::default(), Fifo::default(), params(false));
         let tick = MS / 10;
         // Two arrivals per departure: a growing queue, a dropping episode.
-        run(&mut v, &mut f, &p, 0, 2_000 * MS, tick, 2, false);
+        run(&mut v, &mut f, &p, 0, 2_000 * MS, tick, 2);
         assert!(f.drops.len() > 5);
         assert!(v.dropping());
         // Drain: no arrivals until the queue is empty (leaves the state).
@@ -318,7 +320,7 @@ mod tests {
         // Overload again straight away: re-entry is within 16 intervals, so
         // count restarts at count - lastcount (lastcount was 1).
         let dropped_before = f.drops.len();
-        run(&mut v, &mut f, &p, t, t + 1_000 * MS, tick, 2, false);
+        run(&mut v, &mut f, &p, t, t + 1_000 * MS, tick, 2);
         assert!(f.drops.len() > dropped_before);
         assert_eq!(v.lastcount, count - 1);
         // The second drop of the new episode comes interval/sqrt(count - 1)

@@ -102,10 +102,16 @@ impl fmt::Display for ConfigError {
                 write!(f, "fq-codel: memory_limit = 0; use at least 1 byte")
             }
             ConfigError::Quantum(n) => {
-                write!(f, "fq-codel: quantum = {n}; use MTU + 14 bytes (default 1514)")
+                write!(
+                    f,
+                    "fq-codel: quantum = {n}; use MTU + 14 bytes (default 1514)"
+                )
             }
             ConfigError::Interval => {
-                write!(f, "fq-codel: interval = 0; use a positive time (default 100 ms)")
+                write!(
+                    f,
+                    "fq-codel: interval = 0; use a positive time (default 100 ms)"
+                )
             }
         }
     }
@@ -569,7 +575,10 @@ mod tests {
         // Emptied with no old flows: removed, not moved.
         assert!(q.dequeue(0, &mut d).is_none());
         let s = q.stats();
-        assert_eq!((s.new_flows_len, s.old_flows_len, s.flows_active), (0, 0, 0));
+        assert_eq!(
+            (s.new_flows_len, s.old_flows_len, s.flows_active),
+            (0, 0, 0)
+        );
         assert!(d.is_empty());
     }
 

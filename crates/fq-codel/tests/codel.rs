@@ -88,7 +88,9 @@ fn no_drops_while_sojourn_below_target() {
     assert!(s.drops.is_empty());
     assert_eq!(s.q.stats().codel_drops, 0);
     assert_eq!(s.sent.len(), 10_000);
-    assert!(s.sent.iter().all(|(p, t)| t - p.id.saturating_sub(4) * MS <= 5 * MS));
+    // Ids 0..4 arrived at 0, id k ≥ 4 at (k - 3) ms.
+    let arrival = |id: u64| id.saturating_sub(3) * MS;
+    assert!(s.sent.iter().all(|(p, t)| t - arrival(p.id) < 5 * MS));
 }
 
 #[test]
@@ -191,7 +193,9 @@ fn mark_spacing_follows_interval_over_sqrt_count() {
     let times: Vec<u64> = s
         .sent
         .iter()
-        .filter(|(p, _)| fq_codel::ecn::ecn(p.buf.get(12..).unwrap()) == Some(fq_codel::ecn::Ecn::Ce))
+        .filter(|(p, _)| {
+            fq_codel::ecn::ecn(p.buf.get(12..).unwrap()) == Some(fq_codel::ecn::Ecn::Ce)
+        })
         .map(|(_, t)| *t)
         .collect();
     assert_eq!(times.len() as u64, s.q.stats().ecn_marks);
@@ -221,8 +225,18 @@ fn leaves_dropping_state_when_sojourn_falls_below_target() {
     // ...and stays there: CoDel must have left the dropping state, or it
     // would keep dropping every interval / sqrt(count).
     s.run(drained_at + 5_000 * MS, MS, 1, 1);
-    assert_eq!(s.drops.len(), during_drain, "dropped after sojourn fell below target");
-    assert!(s.sent.iter().filter(|(_, t)| *t > drained_at + 10 * MS).count() > 4_000);
+    assert_eq!(
+        s.drops.len(),
+        during_drain,
+        "dropped after sojourn fell below target"
+    );
+    assert!(
+        s.sent
+            .iter()
+            .filter(|(_, t)| *t > drained_at + 10 * MS)
+            .count()
+            > 4_000
+    );
     // Going above target again needs a full interval before a drop.
     for _ in 0..20 {
         s.arrive();

@@ -17,6 +17,9 @@ use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, Vring
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::QueueCounters;
@@ -100,6 +103,8 @@ pub struct NetBackend {
     features_acked: AtomicBool,
     /// One per queue pair: written when a worker leaves work for later.
     resume: Vec<EventFd>,
+    /// One per worker thread: the library writes it to stop the worker.
+    exits: Vec<(EventConsumer, EventNotifier)>,
 }
 
 impl NetBackend {
@@ -110,7 +115,11 @@ impl NetBackend {
         let resume = (0..device.pairs.len())
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<io::Result<_>>()?;
+        let exits = (0..device.pairs.len())
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC))
+            .collect::<io::Result<_>>()?;
         Ok(NetBackend {
+            exits,
             device,
             mem: RwLock::new(None),
             acked: AtomicU64::new(0),
@@ -327,6 +336,11 @@ impl VhostUserBackend for NetBackend {
         (0..self.device.settings.queue_pairs)
             .map(|p| 0b11u64 << (2 * p))
             .collect()
+    }
+
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (c, n) = self.exits.get(thread_index)?;
+        Some((c.try_clone().ok()?, n.try_clone().ok()?))
     }
 
     fn handle_event(

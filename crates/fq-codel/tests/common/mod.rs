@@ -80,7 +80,7 @@ fn l4(t: Tuple, payload: usize) -> Vec<u8> {
         h.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
         h.extend_from_slice(&[0, 0]);
     }
-    h.extend(std::iter::repeat(0xab).take(payload));
+    h.resize(h.len() + payload, 0xab);
     h
 }
 
@@ -115,7 +115,13 @@ pub fn ipv4_from(t: Tuple, tos: u8, frame_len: usize, src_host: u8) -> Vec<u8> {
 /// Ethernet + IPv6 (fd00::1 → fd00::2) + `ext` (already-encoded extension
 /// headers, the first of type `first_ext`) + TCP/UDP. `tclass` is the Traffic
 /// Class (ECN in its low 2 bits).
-pub fn ipv6_ext(t: Tuple, tclass: u8, payload: usize, first_ext: Option<u8>, ext: &[u8]) -> Vec<u8> {
+pub fn ipv6_ext(
+    t: Tuple,
+    tclass: u8,
+    payload: usize,
+    first_ext: Option<u8>,
+    ext: &[u8],
+) -> Vec<u8> {
     let l4 = l4(t, payload);
     let mut ip = vec![0x60 | (tclass >> 4), (tclass << 4) | 0x0a, 0xbc, 0xde];
     ip.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
