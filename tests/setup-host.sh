@@ -20,6 +20,7 @@ have trafgen || need+=(netsniff-ng)
 have ip || need+=(iproute2)
 have ethtool || need+=(ethtool)
 have iperf3 || need+=(iperf3)
+have ping || need+=(iputils-ping)
 have cpio || need+=(cpio)
 [ -x /bin/busybox ] || need+=(busybox-static)
 

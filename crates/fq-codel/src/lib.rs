@@ -53,7 +53,7 @@ pub mod ecn;
 mod fq;
 
 pub use classify::FlowKey;
-pub use fq::{Config, ConfigError, FqCodel, Stats, OVERLIMIT_DROP_BATCH};
+pub use fq::{Config, ConfigError, FqCodel, Stats, MAX_FLOWS, OVERLIMIT_DROP_BATCH};
 
 /// A queued packet: an Ethernet frame plus whatever the owner keeps with it.
 ///

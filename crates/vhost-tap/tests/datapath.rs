@@ -1,0 +1,335 @@
+//! Frames through the daemon, both ways, with vu-driver as the guest and an
+//! AF_PACKET socket on the TAP as the host.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vu_driver::features::*;
+use vu_driver::{DriverConfig, RxFrame};
+
+const N: usize = 1000;
+const SEC5: Duration = Duration::from_secs(5);
+
+#[test]
+fn qemu_message_order_is_accepted() {
+    let d = Daemon::start_queues(1);
+    let mut drv = d.connect_with(DriverConfig {
+        qemu_order: true,
+        ..d.driver_config()
+    });
+    assert_ne!(
+        drv.acked_features() & bit(VHOST_USER_F_PROTOCOL_FEATURES),
+        0,
+        "PROTOCOL_FEATURES not acked: the early SET_VRING_ENABLE path was not exercised"
+    );
+    check_both_ways(&d, &mut drv, 0);
+    // The spec order works as well.
+    drv.disconnect().unwrap();
+    let mut drv = d.connect_with(DriverConfig {
+        qemu_order: false,
+        ..d.driver_config()
+    });
+    check_both_ways(&d, &mut drv, 0);
+}
+
+fn host_to_guest(mrg_rxbuf: bool, event_idx: bool) {
+    let mut d = Daemon::start_queues(1);
+    let mut drv = d.connect_with(DriverConfig {
+        mrg_rxbuf,
+        event_idx,
+        ..d.driver_config()
+    });
+    let acked = drv.acked_features();
+    assert_eq!(acked & bit(VIRTIO_NET_F_MRG_RXBUF) != 0, mrg_rxbuf);
+    assert_eq!(acked & bit(VIRTIO_RING_F_EVENT_IDX) != 0, event_idx);
+    // With MRG_RXBUF, small buffers make large frames span several of them.
+    let buf_len = if mrg_rxbuf { 512 } else { 2048 };
+    let sock = PacketSock::open(&d.tap, false);
+    let tag = fresh_tag();
+    let mut rng = Lcg(u64::from(tag));
+    let frames: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let len = match i {
+                0 => 60,
+                1 => 1514,
+                _ => rng.range(60, 1514),
+            };
+            test_frame(HOST_MAC, GUEST_MAC, tag, i as u32, len)
+        })
+        .collect();
+    let mut got: Vec<RxFrame> = Vec::new();
+    // A window of 32 frames in flight: the guest keeps up, nothing may be
+    // lost anywhere (the tun ring alone holds 500).
+    for chunk in frames.chunks(32) {
+        for f in chunk {
+            sock.send(f);
+        }
+        let want = got.len() + chunk.len();
+        let more = guest_recv(&mut drv, 0, chunk.len(), buf_len, SEC5, |f| {
+            has_tag(&f.data, tag)
+        });
+        got.extend(more);
+        assert!(
+            got.len() >= want,
+            "only {} of {want} frames reached the guest",
+            got.len()
+        );
+    }
+    assert_eq!(got.len(), N);
+    for (i, (g, f)) in got.iter().zip(&frames).enumerate() {
+        assert_eq!(
+            test_frame_id(&g.data),
+            Some((tag, i as u32)),
+            "frame {i} out of order"
+        );
+        assert_eq!(g.data.len(), f.len(), "frame {i}: length");
+        assert!(g.data == *f, "frame {i}: content differs");
+        if !mrg_rxbuf {
+            assert_eq!(g.num_buffers, 1);
+        }
+        // No offloads negotiated: flags and gso_type are 0.
+        assert_eq!(g.hdr[..2], [0, 0], "frame {i}: header {:?}", g.hdr);
+    }
+    if mrg_rxbuf {
+        assert!(
+            got.iter().any(|g| g.num_buffers > 1),
+            "no frame spanned several buffers"
+        );
+    }
+    assert_eq!(drv.rx_malformed(), 0);
+    let c = d.counters();
+    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+}
+
+#[test]
+fn host_to_guest_frames_arrive_byte_exact_mrg_eventidx() {
+    host_to_guest(true, true);
+}
+
+#[test]
+fn host_to_guest_frames_arrive_byte_exact_mrg_no_eventidx() {
+    host_to_guest(true, false);
+}
+
+#[test]
+fn host_to_guest_frames_arrive_byte_exact_no_mrg_eventidx() {
+    host_to_guest(false, true);
+}
+
+#[test]
+fn host_to_guest_frames_arrive_byte_exact_no_mrg_no_eventidx() {
+    host_to_guest(false, false);
+}
+
+fn guest_to_host(event_idx: bool) {
+    let mut d = Daemon::start_queues(1);
+    let mut drv = d.connect_with(DriverConfig {
+        event_idx,
+        ..d.driver_config()
+    });
+    assert_eq!(
+        drv.acked_features() & bit(VIRTIO_RING_F_EVENT_IDX) != 0,
+        event_idx
+    );
+    let sock = PacketSock::open(&d.tap, false);
+    let tag = fresh_tag();
+    let mut rng = Lcg(u64::from(tag) + 1);
+    let frames: Vec<Vec<u8>> = (0..N)
+        .map(|i| test_frame(GUEST_MAC, HOST_MAC, tag, i as u32, rng.range(60, 1514)))
+        .collect();
+    for (i, f) in frames.iter().enumerate() {
+        // Every other frame split in two segments, to exercise gathering.
+        if i % 2 == 0 {
+            guest_send(&mut drv, 0, &[0; 12], f);
+        } else {
+            loop {
+                let (a, b) = f.split_at(f.len() / 2);
+                match drv.send_chain(0, &[0; 12], &[a, b], i % 4 == 1) {
+                    Ok(()) => break,
+                    Err(vu_driver::Error::QueueFull) => {
+                        let done = drv.tx_completed(0);
+                        drv.tx_wait(0, done + 1, Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("send_chain: {e}"),
+                }
+            }
+        }
+    }
+    assert_eq!(drv.tx_wait(0, N, SEC5), N, "TX chains not all used");
+    let got = sock.recv_matching(N, SEC5, |b| has_tag(b, tag));
+    assert_eq!(got.len(), N, "frames seen on the TAP");
+    for (i, ((_, g), f)) in got.iter().zip(&frames).enumerate() {
+        assert_eq!(test_frame_id(g), Some((tag, i as u32)), "frame {i} out of order");
+        assert!(g == f, "frame {i}: content differs");
+    }
+    let c = d.counters();
+    assert_eq!(sum(&c, "tx_frames"), N as u64, "{c:?}");
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    assert_eq!(sum(&c, "tx_bytes"), bytes as u64, "{c:?}");
+    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+}
+
+#[test]
+fn guest_to_host_frames_arrive_byte_exact_eventidx() {
+    guest_to_host(true);
+}
+
+#[test]
+fn guest_to_host_frames_arrive_byte_exact_no_eventidx() {
+    guest_to_host(false);
+}
+
+#[test]
+fn tso_64k_frames_cross_both_ways_with_offloads() {
+    let mut d = Daemon::start_queues(1);
+    let mut drv = d.connect_with(DriverConfig {
+        offloads: true,
+        ..d.driver_config()
+    });
+    let acked = drv.acked_features();
+    for (b, n) in [
+        (VIRTIO_NET_F_GUEST_TSO4, "GUEST_TSO4"),
+        (VIRTIO_NET_F_GUEST_CSUM, "GUEST_CSUM"),
+        (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
+        (VIRTIO_NET_F_CSUM, "CSUM"),
+        (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
+    ] {
+        assert_ne!(acked & bit(b), 0, "{n} not negotiated (acked {acked:#x})");
+    }
+    d.wait_log(&["guest acked features", "TAP offloads"], SEC5)
+        .expect("daemon did not log the acked features");
+    let sock = PacketSock::open(&d.tap, true);
+    let mss = 1448usize;
+    let payload: Vec<u8> = (0..mss * 44).map(|i| (i * 7 + i / 251) as u8).collect();
+
+    // host → guest: one 64 KiB GSO frame.
+    let frame = tcp_frame(&payload, 1000);
+    let mut out = tso4_hdr(mss as u16).to_vec();
+    out.extend_from_slice(&frame);
+    sock.send(&out);
+    let got = guest_recv(&mut drv, 0, 1, 4096, SEC5, |f| {
+        f.data.len() > 54 && f.data[12..14] == [8, 0] && f.data[23] == 6
+    });
+    assert_eq!(got.len(), 1, "no TCP frame reached the guest");
+    let g = &got[0];
+    assert_eq!(
+        g.data.len(),
+        frame.len(),
+        "guest got a {}-byte frame, not the {}-byte GSO frame (segmented?)",
+        g.data.len(),
+        frame.len()
+    );
+    assert_eq!(g.hdr[1] & 0x7f, 1, "gso_type not TCPV4: {:?}", g.hdr);
+    assert_eq!(u16::from_le_bytes([g.hdr[4], g.hdr[5]]), mss as u16, "gso_size");
+    assert_eq!(g.hdr[0] & 1, 1, "NEEDS_CSUM not set: {:?}", g.hdr);
+    assert_eq!(u16::from_le_bytes([g.hdr[6], g.hdr[7]]), 34, "csum_start");
+    assert_eq!(u16::from_le_bytes([g.hdr[8], g.hdr[9]]), 16, "csum_offset");
+    assert!(g.data[54..] == payload[..], "payload differs");
+    assert_eq!(g.data[..50], frame[..50], "headers differ");
+
+    // guest → host: one 64 KiB GSO frame with a valid header.
+    let seq0 = 5_000_000u32;
+    let frame = tcp_frame(&payload, seq0);
+    let mut hdr = [0u8; 12];
+    hdr[..10].copy_from_slice(&tso4_hdr(mss as u16));
+    guest_send(&mut drv, 0, &hdr, &frame);
+    assert_eq!(drv.tx_wait(0, 1, SEC5), 1);
+    // Whole or segmented: put every TCP payload at its offset.
+    let mut seen = vec![false; payload.len()];
+    let mut total = 0usize;
+    let mut whole = false;
+    let deadline = std::time::Instant::now() + SEC5;
+    while total < payload.len() {
+        let Some(b) = sock.recv(deadline) else { break };
+        let (h, f) = b.split_at(10);
+        if f.len() < 54 || f[12..14] != [8, 0] || f[23] != 6 || f[36..38] != 5001u16.to_be_bytes()
+        {
+            continue;
+        }
+        let seq = u32::from_be_bytes(f[38..42].try_into().unwrap());
+        let off = seq.wrapping_sub(seq0) as usize;
+        let data = &f[54..];
+        assert!(off + data.len() <= payload.len(), "segment beyond the payload");
+        assert!(data == &payload[off..off + data.len()], "payload differs at {off}");
+        for s in &mut seen[off..off + data.len()] {
+            assert!(!*s, "byte {off} received twice");
+            *s = true;
+        }
+        total += data.len();
+        whole |= data.len() == payload.len() && h[1] & 0x7f == 1;
+    }
+    assert_eq!(total, payload.len(), "TCP payload bytes received on the host");
+    eprintln!("guest→host GSO frame arrived {}", if whole { "whole" } else { "segmented" });
+    let c = d.counters();
+    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+    assert_eq!(sum(&c, "tx_frames"), 1);
+    assert_eq!(sum(&c, "tx_bytes"), frame.len() as u64);
+}
+
+#[test]
+fn two_queue_pairs_both_carry_traffic() {
+    let mut d = Daemon::start_queues(2);
+    let mut drv = d.connect();
+    let sock = PacketSock::open(&d.tap, false);
+    let tag = fresh_tag();
+    // guest → host on both pairs.
+    for pair in 0..2 {
+        for i in 0..10u32 {
+            let f = test_frame(GUEST_MAC, HOST_MAC, tag, pair as u32 * 100 + i, 80);
+            guest_send(&mut drv, pair, &[0; 12], &f);
+        }
+        assert_eq!(drv.tx_wait(pair, 10, SEC5), 10, "pair {pair}: TX not used");
+    }
+    let got = sock.recv_matching(20, SEC5, |b| has_tag(b, tag));
+    assert_eq!(got.len(), 20, "guest→host frames on the TAP");
+    // host → guest: 64 UDP flows; tun spreads them by flow hash.
+    let flows = 64usize;
+    for i in 0..flows {
+        sock.send(&udp_frame(tag, i as u32, 1024 + i as u16, 64));
+    }
+    let mut per_pair = [0usize; 2];
+    let deadline = std::time::Instant::now() + SEC5;
+    while per_pair.iter().sum::<usize>() < flows && std::time::Instant::now() < deadline {
+        for (pair, n) in per_pair.iter_mut().enumerate() {
+            let got = guest_recv(&mut drv, pair, 1, 2048, Duration::from_millis(20), |f| {
+                udp_frame_id(&f.data).is_some_and(|(t, _)| t == tag)
+            });
+            *n += got.len();
+        }
+    }
+    assert_eq!(per_pair.iter().sum::<usize>(), flows, "per pair {per_pair:?}");
+    let c = d.counters();
+    for (q, qc) in c.iter().enumerate() {
+        assert!(qc["tx_frames"] >= 10, "queue {q}: tx_frames {qc:?}");
+        assert!(qc["rx_frames"] > 0, "queue {q} got no RX frame: per pair {per_pair:?}");
+    }
+    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+}
+
+#[test]
+fn reconnect_after_disconnect() {
+    let mut d = Daemon::start_queues(1);
+    let pid = d.pid;
+    let mut drv = d.connect();
+    check_both_ways(&d, &mut drv, 0);
+    drv.disconnect().expect("disconnect");
+    d.wait_log(&["frontend gone (connection 1)"], SEC5)
+        .expect("daemon did not notice the disconnect");
+
+    let mut drv = d.connect();
+    check_both_ways(&d, &mut drv, 0);
+    // Abrupt close: no GET_VRING_BASE, the socket just goes away.
+    drop(drv);
+    d.wait_log(&["frontend gone (connection 2)"], SEC5)
+        .expect("daemon did not notice the abrupt close");
+
+    let mut drv = d.connect();
+    check_both_ways(&d, &mut drv, 0);
+    assert!(d.alive(), "daemon died");
+    assert_eq!(d.pid, pid);
+    let c = d.counters();
+    assert_eq!(sum(&c, "tx_frames"), 3);
+    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+}

@@ -1,0 +1,156 @@
+//! Independent peers against the daemon: DPDK testpmd's `net_virtio_user`
+//! as a fast userspace guest, trafgen as the host-side generator.
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::{daemon_drops, stop, unique, wait_for, Daemon, TempDir};
+
+struct Testpmd {
+    child: Child,
+    log: std::path::PathBuf,
+    prefix: String,
+}
+
+impl Testpmd {
+    fn start(socket: &std::path::Path, mode: &str, dir: &TempDir) -> Testpmd {
+        let prefix = unique("tp");
+        let log = dir.0.join(format!("testpmd-{mode}.log"));
+        let child = Command::new("dpdk-testpmd")
+            .args(["-l", "0,1", "--no-pci", "--no-huge", "-m", "512"])
+            .args(["--file-prefix", &prefix])
+            .arg("--vdev")
+            .arg(format!(
+                "net_virtio_user0,path={},queues=1,queue_size=1024",
+                socket.display()
+            ))
+            .args(["--", "--total-num-mbufs=16384", "--stats-period", "1"])
+            .arg(format!("--forward-mode={mode}"))
+            .args(["--txpkts=64"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dpdk-testpmd (install with tests/setup-host.sh)");
+        Testpmd { child, log, prefix }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// The last "<what>-packets: N" figure of the port statistics.
+    fn last(&self, what: &str) -> u64 {
+        let key = format!("{what}-packets:");
+        self.text()
+            .rsplit(&key)
+            .next()
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        // testpmd prints its totals and leaves cleanly on SIGINT.
+        // SAFETY: kill(2) on our child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        if wait_for(Duration::from_secs(5), || self.child.try_wait().ok().flatten()).is_none() {
+            stop(&mut self.child, Duration::from_secs(2));
+        }
+        let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
+        if std::thread::panicking() {
+            eprintln!("---- testpmd ----\n{}", self.text());
+        }
+    }
+}
+
+/// host → guest: trafgen floods the TAP through its qdisc, testpmd (rxonly)
+/// receives; the daemon drops nothing (the kernel's tun may tail-drop: that
+/// is the backpressure baseline on a kernel without IFF_BACKPRESSURE).
+#[test]
+fn testpmd_rxonly_receives_a_trafgen_flood_without_daemon_drops() {
+    let mut d = Daemon::start(&[]);
+    let dir = TempDir::new("p");
+    let pmd = Testpmd::start(&d.socket, "rxonly", &dir);
+    assert!(
+        wait_for(Duration::from_secs(20), || d
+            .log_text()
+            .contains("guest acked features")
+            .then_some(()))
+        .is_some(),
+        "testpmd did not connect"
+    );
+    let conf = dir.0.join("udp.trafgen");
+    fs::write(
+        &conf,
+        "{ eth(da=52:54:00:00:00:02, sa=02:00:00:00:00:01, type=0x0800), \
+           ipv4(saddr=198.18.40.1, daddr=198.18.40.2), \
+           udp(sp=dinc(1024,1087), dp=9), fill(0x41, 18) }\n",
+    )
+    .unwrap();
+    let sent = 200_000u64;
+    let st = Command::new("trafgen")
+        .args(["--dev", &d.tap, "--conf", conf.to_str().unwrap()])
+        .args(["-P", "1", "--no-sock-mem", "-q", "-n", &sent.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("trafgen (install with tests/setup-host.sh)");
+    assert!(st.success(), "trafgen failed");
+    // Everything the kernel did not tail-drop reaches testpmd.
+    let tail_drops: u64 = fs::read_to_string(format!(
+        "/sys/class/net/{}/statistics/tx_dropped",
+        d.tap
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let expect = sent - tail_drops;
+    let c = wait_for(Duration::from_secs(20), || {
+        let c = d.counters();
+        (c[0]["rx_frames"] >= expect).then_some(c)
+    });
+    let c = c.unwrap_or_else(|| d.counters());
+    assert!(
+        c[0]["rx_frames"] >= expect,
+        "daemon delivered {} of {expect} frames: {c:?}",
+        c[0]["rx_frames"]
+    );
+    assert_eq!(daemon_drops(&c), 0, "{c:?}");
+    let got = wait_for(Duration::from_secs(5), || {
+        let n = pmd.last("RX");
+        (n >= expect).then_some(n)
+    });
+    assert!(got.is_some(), "testpmd saw {} of {expect}", pmd.last("RX"));
+}
+
+/// guest → host: testpmd (txonly) floods; the TAP receives, and the daemon
+/// drops nothing (a full TAP leaves chains in the guest's ring).
+#[test]
+fn testpmd_txonly_flood_reaches_the_tap_without_daemon_drops() {
+    let mut d = Daemon::start(&[]);
+    let dir = TempDir::new("p");
+    let rx_before: u64 = fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_packets", d.tap))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pmd = Testpmd::start(&d.socket, "txonly", &dir);
+    let c = wait_for(Duration::from_secs(30), || {
+        let c = d.counters();
+        (c[0]["tx_frames"] >= 100_000).then_some(c)
+    })
+    .expect("testpmd's frames did not reach the TAP");
+    drop(pmd);
+    let rx: u64 = fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_packets", d.tap))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rx - rx_before >= c[0]["tx_frames"], "TAP rx {rx} vs daemon tx {c:?}");
+    assert_eq!(daemon_drops(&d.counters()), 0);
+}
