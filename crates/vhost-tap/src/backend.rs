@@ -172,12 +172,13 @@ impl NetBackend {
             .map(|m| m.memory())
     }
 
+    /// `vrings`: this pair's RX and TX vrings (the worker's share).
     fn run_rx(&self, p: usize, vrings: &[VringRwLock<GuestMem>]) {
         let Some(mem) = self.memory() else { return };
         let neg = self.negotiated();
         let ready_features = self.features_acked.load(Ordering::Acquire);
         let mut pair = self.device.pair(p);
-        let mut vring = vrings[2 * p].get_mut();
+        let mut vring = vrings[0].get_mut();
         let ready = ready_features && vring.get_queue().ready() && vring.is_enabled();
         if !ready_features {
             return;
@@ -195,7 +196,7 @@ impl NetBackend {
         let Some(mem) = self.memory() else { return };
         let neg = self.negotiated();
         let mut pair = self.device.pair(p);
-        let mut vring = vrings[2 * p + 1].get_mut();
+        let mut vring = vrings[1].get_mut();
         if !(vring.get_queue().ready() && vring.is_enabled()) {
             return;
         }
@@ -348,21 +349,27 @@ impl VhostUserBackend for NetBackend {
         device_event: u16,
         evset: EventSet,
         vrings: &[Self::Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
-        let nq = self.num_queues() as u16;
-        if device_event < nq {
-            let p = usize::from(device_event / 2);
-            if device_event % 2 == 0 {
+        // One worker per queue pair: `vrings` holds that pair's RX and TX
+        // vrings, and vring events carry indexes into it.
+        if vrings.len() != 2 || thread_id >= self.device.pairs.len() {
+            return Ok(());
+        }
+        if usize::from(device_event) < vrings.len() {
+            let p = thread_id;
+            if device_event == 0 {
                 self.run_rx(p, vrings);
             } else {
                 self.run_tx(p, vrings);
             }
             return Ok(());
         }
-        let rel = device_event - self.event_base();
+        let Some(rel) = device_event.checked_sub(self.event_base()) else {
+            return Ok(());
+        };
         let p = usize::from(rel / 2);
-        if p >= self.device.pairs.len() {
+        if p != thread_id {
             return Ok(());
         }
         if rel % 2 == 0 {

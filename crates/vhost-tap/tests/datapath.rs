@@ -100,7 +100,11 @@ fn host_to_guest(mrg_rxbuf: bool, event_idx: bool) {
     }
     assert_eq!(drv.rx_malformed(), 0);
     let c = d.counters();
-    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+    assert!(
+        nonzero_drops(&c).is_empty(),
+        "drops: {:?}",
+        nonzero_drops(&c)
+    );
 }
 
 #[test]
@@ -161,14 +165,22 @@ fn guest_to_host(event_idx: bool) {
     let got = sock.recv_matching(N, SEC5, |b| has_tag(b, tag));
     assert_eq!(got.len(), N, "frames seen on the TAP");
     for (i, ((_, g), f)) in got.iter().zip(&frames).enumerate() {
-        assert_eq!(test_frame_id(g), Some((tag, i as u32)), "frame {i} out of order");
+        assert_eq!(
+            test_frame_id(g),
+            Some((tag, i as u32)),
+            "frame {i} out of order"
+        );
         assert!(g == f, "frame {i}: content differs");
     }
     let c = d.counters();
     assert_eq!(sum(&c, "tx_frames"), N as u64, "{c:?}");
     let bytes: usize = frames.iter().map(Vec::len).sum();
     assert_eq!(sum(&c, "tx_bytes"), bytes as u64, "{c:?}");
-    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+    assert!(
+        nonzero_drops(&c).is_empty(),
+        "drops: {:?}",
+        nonzero_drops(&c)
+    );
 }
 
 #[test]
@@ -222,7 +234,11 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
         frame.len()
     );
     assert_eq!(g.hdr[1] & 0x7f, 1, "gso_type not TCPV4: {:?}", g.hdr);
-    assert_eq!(u16::from_le_bytes([g.hdr[4], g.hdr[5]]), mss as u16, "gso_size");
+    assert_eq!(
+        u16::from_le_bytes([g.hdr[4], g.hdr[5]]),
+        mss as u16,
+        "gso_size"
+    );
     assert_eq!(g.hdr[0] & 1, 1, "NEEDS_CSUM not set: {:?}", g.hdr);
     assert_eq!(u16::from_le_bytes([g.hdr[6], g.hdr[7]]), 34, "csum_start");
     assert_eq!(u16::from_le_bytes([g.hdr[8], g.hdr[9]]), 16, "csum_offset");
@@ -244,15 +260,20 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
     while total < payload.len() {
         let Some(b) = sock.recv(deadline) else { break };
         let (h, f) = b.split_at(10);
-        if f.len() < 54 || f[12..14] != [8, 0] || f[23] != 6 || f[36..38] != 5001u16.to_be_bytes()
-        {
+        if f.len() < 54 || f[12..14] != [8, 0] || f[23] != 6 || f[36..38] != 5001u16.to_be_bytes() {
             continue;
         }
         let seq = u32::from_be_bytes(f[38..42].try_into().unwrap());
         let off = seq.wrapping_sub(seq0) as usize;
         let data = &f[54..];
-        assert!(off + data.len() <= payload.len(), "segment beyond the payload");
-        assert!(data == &payload[off..off + data.len()], "payload differs at {off}");
+        assert!(
+            off + data.len() <= payload.len(),
+            "segment beyond the payload"
+        );
+        assert!(
+            data == &payload[off..off + data.len()],
+            "payload differs at {off}"
+        );
         for s in &mut seen[off..off + data.len()] {
             assert!(!*s, "byte {off} received twice");
             *s = true;
@@ -260,10 +281,21 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
         total += data.len();
         whole |= data.len() == payload.len() && h[1] & 0x7f == 1;
     }
-    assert_eq!(total, payload.len(), "TCP payload bytes received on the host");
-    eprintln!("guest→host GSO frame arrived {}", if whole { "whole" } else { "segmented" });
+    assert_eq!(
+        total,
+        payload.len(),
+        "TCP payload bytes received on the host"
+    );
+    eprintln!(
+        "guest→host GSO frame arrived {}",
+        if whole { "whole" } else { "segmented" }
+    );
     let c = d.counters();
-    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+    assert!(
+        nonzero_drops(&c).is_empty(),
+        "drops: {:?}",
+        nonzero_drops(&c)
+    );
     assert_eq!(sum(&c, "tx_frames"), 1);
     assert_eq!(sum(&c, "tx_bytes"), frame.len() as u64);
 }
@@ -299,13 +331,24 @@ fn two_queue_pairs_both_carry_traffic() {
             *n += got.len();
         }
     }
-    assert_eq!(per_pair.iter().sum::<usize>(), flows, "per pair {per_pair:?}");
+    assert_eq!(
+        per_pair.iter().sum::<usize>(),
+        flows,
+        "per pair {per_pair:?}"
+    );
     let c = d.counters();
     for (q, qc) in c.iter().enumerate() {
         assert!(qc["tx_frames"] >= 10, "queue {q}: tx_frames {qc:?}");
-        assert!(qc["rx_frames"] > 0, "queue {q} got no RX frame: per pair {per_pair:?}");
+        assert!(
+            qc["rx_frames"] > 0,
+            "queue {q} got no RX frame: per pair {per_pair:?}"
+        );
     }
-    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+    assert!(
+        nonzero_drops(&c).is_empty(),
+        "drops: {:?}",
+        nonzero_drops(&c)
+    );
 }
 
 #[test]
@@ -331,5 +374,9 @@ fn reconnect_after_disconnect() {
     assert_eq!(d.pid, pid);
     let c = d.counters();
     assert_eq!(sum(&c, "tx_frames"), 3);
-    assert!(nonzero_drops(&c).is_empty(), "drops: {:?}", nonzero_drops(&c));
+    assert!(
+        nonzero_drops(&c).is_empty(),
+        "drops: {:?}",
+        nonzero_drops(&c)
+    );
 }
