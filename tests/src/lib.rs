@@ -231,7 +231,11 @@ impl Guest {
             String::from_utf8_lossy(&out.stderr)
         );
         let pid = wait_for(Duration::from_secs(10), || {
-            fs::read_to_string(&pidfile).ok()?.trim().parse::<i32>().ok()
+            fs::read_to_string(&pidfile)
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()
         })
         .expect("QEMU wrote no pidfile");
         Guest {
@@ -247,7 +251,10 @@ impl Guest {
 
     /// Wait until the console shows `marker`.
     pub fn wait_console(&self, marker: &str, timeout: Duration) -> bool {
-        wait_for(timeout, || self.console_text().contains(marker).then_some(())).is_some()
+        wait_for(timeout, || {
+            self.console_text().contains(marker).then_some(())
+        })
+        .is_some()
     }
 
     pub fn alive(&self) -> bool {

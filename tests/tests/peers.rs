@@ -57,7 +57,11 @@ impl Drop for Testpmd {
         // testpmd prints its totals and leaves cleanly on SIGINT.
         // SAFETY: kill(2) on our child's PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        if wait_for(Duration::from_secs(5), || self.child.try_wait().ok().flatten()).is_none() {
+        if wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .is_none()
+        {
             stop(&mut self.child, Duration::from_secs(2));
         }
         let _ = fs::remove_dir_all(format!("/var/run/dpdk/{}", self.prefix));
@@ -101,14 +105,12 @@ fn testpmd_rxonly_receives_a_trafgen_flood_without_daemon_drops() {
         .expect("trafgen (install with tests/setup-host.sh)");
     assert!(st.success(), "trafgen failed");
     // Everything the kernel did not tail-drop reaches testpmd.
-    let tail_drops: u64 = fs::read_to_string(format!(
-        "/sys/class/net/{}/statistics/tx_dropped",
-        d.tap
-    ))
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap();
+    let tail_drops: u64 =
+        fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_dropped", d.tap))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
     let expect = sent - tail_drops;
     let c = wait_for(Duration::from_secs(20), || {
         let c = d.counters();
@@ -134,11 +136,12 @@ fn testpmd_rxonly_receives_a_trafgen_flood_without_daemon_drops() {
 fn testpmd_txonly_flood_reaches_the_tap_without_daemon_drops() {
     let mut d = Daemon::start(&[]);
     let dir = TempDir::new("p");
-    let rx_before: u64 = fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_packets", d.tap))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let rx_before: u64 =
+        fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_packets", d.tap))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
     let pmd = Testpmd::start(&d.socket, "txonly", &dir);
     let c = wait_for(Duration::from_secs(30), || {
         let c = d.counters();
@@ -151,6 +154,9 @@ fn testpmd_txonly_flood_reaches_the_tap_without_daemon_drops() {
         .trim()
         .parse()
         .unwrap();
-    assert!(rx - rx_before >= c[0]["tx_frames"], "TAP rx {rx} vs daemon tx {c:?}");
+    assert!(
+        rx - rx_before >= c[0]["tx_frames"],
+        "TAP rx {rx} vs daemon tx {c:?}"
+    );
     assert_eq!(daemon_drops(&d.counters()), 0);
 }

@@ -11,7 +11,10 @@ fn addrs(n: u8) -> (String, String) {
 
 fn host_side(d: &Daemon, host_ip: &str) {
     sh(&format!("ip addr add {host_ip}/24 dev {}", d.tap));
-    sh(&format!("sysctl -qw net.ipv6.conf.{}.disable_ipv6=0", d.tap));
+    sh(&format!(
+        "sysctl -qw net.ipv6.conf.{}.disable_ipv6=0",
+        d.tap
+    ));
 }
 
 /// The guest pings the host, the host pings the guest; QEMU's real message

@@ -129,7 +129,7 @@ use sync::{fence, Arc, AtomicUsize, Ordering};
 /// `batch <= capacity / 2`, so a consumer that drains the ring always zeroes
 /// enough slots to reach the wake threshold (see the crate docs).
 pub fn batch_for(capacity: usize) -> usize {
-    (capacity / 2).clamp(1, 16)
+    (capacity / 2 + 1).clamp(1, 16)
 }
 
 /// Aligns its content to its own cache line (64 bytes, as
@@ -185,7 +185,10 @@ fn occupied_at_stop(tag: usize, zeroed: usize) -> usize {
 /// If `capacity < 2` (a one-slot ring would stop the producer on every
 /// produce), or if the slot array cannot be allocated.
 pub fn ring(capacity: usize) -> (Producer, Consumer) {
-    assert!(capacity >= 2, "ptr-ring capacity must be >= 2, got {capacity}");
+    assert!(
+        capacity >= 2,
+        "ptr-ring capacity must be >= 2, got {capacity}"
+    );
     let slots: Box<[AtomicUsize]> = (0..capacity).map(|_| AtomicUsize::new(0)).collect();
     let ring = Arc::new(Ring {
         prod: CachePadded(ProducerShared {

@@ -310,7 +310,11 @@ fn random_ops_match_model() {
         for i in 0..20_000 {
             // Alternate phases where the producer or the consumer is faster.
             let producer_weight = if (i / 256) % 2 == 0 { 3 } else { 1 };
-            let op = if rand() % 4 < producer_weight { 0 } else { 1 + rand() % 2 };
+            let op = if rand() % 4 < producer_weight {
+                0
+            } else {
+                1 + rand() % 2
+            };
             match op {
                 0 if !tx.is_stopped() => {
                     let slot = tx.next_free_slot().expect("running producer has a slot");

@@ -316,7 +316,7 @@ impl QueuePair {
                 if let Err(e) =
                     chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
                 {
-                    drop(iter);
+                    let _ = iter;
                     self.break_rx(&e.to_string());
                     return Delivery::Broken;
                 }
@@ -404,7 +404,7 @@ impl QueuePair {
                 }
             };
             let Some(dc) = iter.next() else {
-                drop(iter);
+                let _ = iter;
                 match queue.enable_notification(mem) {
                     Ok(true) => continue,
                     Ok(false) => break RxOutcome::Idle,
@@ -422,7 +422,7 @@ impl QueuePair {
                 Direction::Readable,
                 &mut chain,
             ) {
-                drop(iter);
+                let _ = iter;
                 self.break_tx(&e.to_string());
                 break RxOutcome::Idle;
             }
@@ -454,12 +454,12 @@ impl QueuePair {
                     break RxOutcome::Idle;
                 }
                 Err(TxError::Broken(why)) => {
-                    drop(iter);
+                    let _ = iter;
                     self.break_tx(&why);
                     break RxOutcome::Idle;
                 }
             }
-            drop(iter);
+            let _ = iter;
             if let Err(e) = queue.add_used(mem, chain.head, 0) {
                 self.break_tx(&format!("cannot publish used entry: {e}"));
                 break RxOutcome::Idle;

@@ -69,9 +69,15 @@ fn untrusted(vring: usize, abuse: impl FnOnce(&Driver) -> Abuse, why: &str) {
     );
     assert!(d.alive(), "daemon died");
 
-    // The other pair still carries traffic both ways.
+    // The other pair still carries traffic both ways, counted on queue 1.
     check_both_ways(&d, &mut drv, 1);
     assert!(d.alive(), "daemon died");
+    let c = d.counters();
+    assert!(
+        c[1]["tx_frames"] >= 1 && c[1]["rx_frames"] >= 1,
+        "pair 1 traffic not counted on queue 1: {:?}",
+        c[1]
+    );
 
     // A new connection gets a working device.
     let _ = drv.disconnect();

@@ -265,13 +265,21 @@ impl Driver {
             let base = GuestAddress(MEM_BASE + i as u64 * ring_bytes(qsz));
             let data = GuestAddress(data_start + i as u64 * per_vring);
             let vr = Vring::new(qsz, base, data, slot_size, event_idx).map_err(Error::EventFd)?;
+            // SET_VRING_ADDR carries addresses in the frontend's own address
+            // space (as QEMU sends them): our mapping of guest memory.
+            let va = |a: GuestAddress| -> Result<u64, Error> {
+                drv.mem
+                    .get_host_address(a)
+                    .map(|p| p as u64)
+                    .map_err(|e| Error::Memory(format!("vring address {a:?}: {e}")))
+            };
             let addr = VringConfigData {
                 queue_max_size: qsz,
                 queue_size: qsz,
                 flags: 0,
-                desc_table_addr: vr.desc.0,
-                used_ring_addr: vr.used.0,
-                avail_ring_addr: vr.avail.0,
+                desc_table_addr: va(vr.desc)?,
+                used_ring_addr: va(vr.used)?,
+                avail_ring_addr: va(vr.avail)?,
                 log_addr: None,
             };
             drv.frontend

@@ -250,8 +250,17 @@ impl Daemon {
         })
     }
 
+    /// Panics if a daemon thread panicked.
+    pub fn assert_no_panic(&self) {
+        let log = self.log_text();
+        if let Some(l) = log.lines().find(|l| l.contains("panicked at")) {
+            panic!("a daemon thread panicked: {l}");
+        }
+    }
+
     /// Counters per queue pair: sends SIGUSR1 and parses the new report.
     pub fn counters(&mut self) -> Vec<HashMap<String, u64>> {
+        self.assert_no_panic();
         assert!(
             self.alive(),
             "daemon is not running; log:\n{}",
@@ -278,11 +287,7 @@ impl Daemon {
     /// A driver config for this daemon's socket and queue pairs.
     pub fn driver_config(&self) -> DriverConfig {
         DriverConfig {
-            socket: if VRING_ADDR_WORKAROUND {
-                addr_fix_relay(&self.socket, &self.dir)
-            } else {
-                self.socket.clone()
-            },
+            socket: self.socket.clone(),
             queue_pairs: self.queues,
             ..DriverConfig::default()
         }
@@ -300,86 +305,6 @@ impl Daemon {
             )
         })
     }
-}
-
-/// vu-driver (crates/vu-driver/src/driver.rs, SET_VRING_ADDR) sends guest
-/// *physical* addresses, while vhost-user wants addresses in the frontend's
-/// own address space (`userspace_addr` of SET_MEM_TABLE), which is what QEMU
-/// sends and what vhost-user-backend translates (`vmm_va_to_gpa`): the daemon
-/// then refuses SET_VRING_ADDR. Until vu-driver is fixed, the driver talks to
-/// a relay that rewrites those three addresses; once it is fixed the relay
-/// passes every message unchanged (addresses already inside the region).
-pub const VRING_ADDR_WORKAROUND: bool = true;
-
-/// Starts (once per daemon dir) a relay socket in `dir` in front of `socket`.
-fn addr_fix_relay(socket: &Path, dir: &Path) -> PathBuf {
-    let path = dir.join("relay.sock");
-    if path.exists() {
-        return path;
-    }
-    let listener = std::os::unix::net::UnixListener::bind(&path).expect("binding the relay");
-    let target = socket.to_path_buf();
-    std::thread::spawn(move || {
-        for front in listener.incoming() {
-            let Ok(front) = front else { return };
-            let Ok(back) = std::os::unix::net::UnixStream::connect(&target) else {
-                return;
-            };
-            relay_connection(front, back);
-        }
-    });
-    path
-}
-
-fn relay_connection(front: std::os::unix::net::UnixStream, back: std::os::unix::net::UnixStream) {
-    use vhost_tap::relay::{read_message, write_message};
-    let (f2, b2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
-    // Replies (no descriptors) flow back as bytes.
-    std::thread::spawn(move || {
-        let _ = io::copy(&mut &b2, &mut &f2);
-        let _ = f2.shutdown(std::net::Shutdown::Both);
-    });
-    std::thread::spawn(move || {
-        // (guest physical base, size, userspace base) of each region.
-        let mut regions: Vec<(u64, u64, u64)> = Vec::new();
-        let u64_at = |p: &[u8], o: usize| u64::from_le_bytes(p[o..o + 8].try_into().unwrap());
-        while let Ok(Some(mut m)) = read_message(&front) {
-            if m.request == 5 && m.payload.len() >= 8 {
-                let n = u32::from_le_bytes(m.payload[0..4].try_into().unwrap()) as usize;
-                regions = (0..n)
-                    .filter(|i| 8 + 32 * (i + 1) <= m.payload.len())
-                    .map(|i| {
-                        let o = 8 + 32 * i;
-                        (
-                            u64_at(&m.payload, o),
-                            u64_at(&m.payload, o + 8),
-                            u64_at(&m.payload, o + 16),
-                        )
-                    })
-                    .collect();
-            }
-            if m.request == 9 && m.payload.len() >= 32 {
-                for o in [8usize, 16, 24] {
-                    let a = u64_at(&m.payload, o);
-                    let in_va = regions.iter().any(|&(_, sz, va)| a >= va && a < va + sz);
-                    if in_va {
-                        continue;
-                    }
-                    if let Some(&(gpa, _, va)) = regions
-                        .iter()
-                        .find(|&&(gpa, sz, _)| a >= gpa && a < gpa + sz)
-                    {
-                        m.payload[o..o + 8].copy_from_slice(&(a - gpa + va).to_le_bytes());
-                    }
-                }
-            }
-            if write_message(&back, &m).is_err() {
-                break;
-            }
-        }
-        let _ = back.shutdown(std::net::Shutdown::Both);
-        let _ = front.shutdown(std::net::Shutdown::Both);
-    });
 }
 
 /// A report header line: `... counters:` (not `final counters:`).
@@ -864,6 +789,7 @@ pub fn guest_send(drv: &mut Driver, pair: usize, hdr: &[u8; 12], frame: &[u8]) {
 
 /// One frame each way on `pair`; panics with context if either is lost.
 pub fn check_both_ways(d: &Daemon, drv: &mut Driver, pair: usize) {
+    d.assert_no_panic();
     let sock = PacketSock::open(&d.tap, false);
     let tag = fresh_tag();
     // guest → host
@@ -897,4 +823,5 @@ pub fn check_both_ways(d: &Daemon, drv: &mut Driver, pair: usize) {
             "host→guest frame altered"
         );
     }
+    d.assert_no_panic();
 }

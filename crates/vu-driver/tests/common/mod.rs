@@ -64,6 +64,8 @@ pub struct State {
     pub msgs: Vec<Msg>,
     pub mem: Option<GuestMemoryMmap>,
     pub mem_region: Option<(u64, u64)>,
+    /// Frontend virtual address of the region (SET_MEM_TABLE userspace_addr).
+    pub user_addr: u64,
     /// vring index -> (desc, used, avail)
     pub addrs: Vec<Option<(u64, u64, u64)>>,
     pub num: Vec<u16>,
@@ -226,6 +228,7 @@ fn serve(mut stream: UnixStream, spec: BackendSpec, st: Arc<Mutex<State>>) {
                         .unwrap();
                         s.mem = Some(GuestMemoryMmap::from_regions(vec![region]).unwrap());
                         s.mem_region = Some((gpa, size));
+                        s.user_addr = msg.u64_at(24);
                     }
                     SET_VRING_NUM => {
                         let i = msg.u32_at(0) as usize;
@@ -235,7 +238,14 @@ fn serve(mut stream: UnixStream, spec: BackendSpec, st: Arc<Mutex<State>>) {
                     SET_VRING_ADDR => {
                         let i = msg.u32_at(0) as usize;
                         grow(&mut s, i);
-                        s.addrs[i] = Some((msg.u64_at(8), msg.u64_at(16), msg.u64_at(24)));
+                        // Frontend virtual addresses → guest physical, through the memory table.
+                        let (gpa, _) = s.mem_region.expect("SET_MEM_TABLE before SET_VRING_ADDR");
+                        let to_gpa = |va: u64| va - s.user_addr + gpa;
+                        s.addrs[i] = Some((
+                            to_gpa(msg.u64_at(8)),
+                            to_gpa(msg.u64_at(16)),
+                            to_gpa(msg.u64_at(24)),
+                        ));
                     }
                     SET_VRING_KICK | SET_VRING_CALL => {
                         let i = (msg.u64_at(0) & 0xff) as usize;
