@@ -3,6 +3,8 @@
 //! drops — also when the test fails. On failure the guards print the logs
 //! (daemon log, guest console) so that the cause is visible in CI output.
 
+pub mod slowguest;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};

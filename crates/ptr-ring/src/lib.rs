@@ -129,7 +129,7 @@ use sync::{fence, Arc, AtomicUsize, Ordering};
 /// `batch <= capacity / 2`, so a consumer that drains the ring always zeroes
 /// enough slots to reach the wake threshold (see the crate docs).
 pub fn batch_for(capacity: usize) -> usize {
-    (capacity / 2 + 1).clamp(1, 16)
+    (capacity / 2).clamp(1, 16)
 }
 
 /// Aligns its content to its own cache line (64 bytes, as
@@ -506,7 +506,7 @@ impl Consumer {
         // names one stop, so we never clear a later one.
         match prod
             .stop
-            .compare_exchange(tag, 0, Ordering::Release, Ordering::Relaxed)
+            .compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed)
         {
             Ok(_) => Woken::Yes,
             Err(_) => Woken::No,
