@@ -58,6 +58,34 @@ pub struct DeviceSettings {
     pub ring_size: usize,
     pub mac: [u8; 6],
     pub mtu: u16,
+    /// The queue mode in effect, after `auto` was resolved.
+    pub mode: crate::config::Mode,
+    /// FQ-CoDel parameters, for `Mode::FqCodel`.
+    pub fq: crate::config::FqSettings,
+}
+
+impl DeviceSettings {
+    /// The FQ-CoDel configuration of one queue pair, if the mode uses it.
+    pub fn aqm(&self) -> Option<fq_codel::Config> {
+        (self.mode == crate::config::Mode::FqCodel).then(|| fq_codel::Config {
+            flows: self.fq.flows,
+            limit: self.fq.limit,
+            memory_limit: self.fq.memory_limit,
+            quantum: usize::from(self.mtu) + 14,
+            ecn: self.fq.ecn,
+            seed: seed(),
+            ..fq_codel::Config::default()
+        })
+    }
+}
+
+/// A per-process hash perturbation for FQ-CoDel's flow hashing, so flows
+/// cannot be steered into one bucket by someone who knows the hash.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
 }
 
 /// A device: its TAP, queue pairs and counters. Shared by the connections
@@ -73,7 +101,7 @@ impl Device {
     pub fn new(settings: DeviceSettings, tap: tap::Tap) -> Device {
         let tap = Arc::new(tap);
         let pairs: Vec<_> = (0..settings.queue_pairs)
-            .map(|i| QueuePair::new(i, tap.clone(), settings.ring_size))
+            .map(|i| QueuePair::new(i, tap.clone(), settings.ring_size, settings.aqm()))
             .collect();
         let counters = pairs.iter().map(|p| p.counters.clone()).collect();
         Device {
@@ -84,9 +112,21 @@ impl Device {
         }
     }
 
+    /// Every queue's counters, then one line for the device: the mode and
+    /// the kernel's tun tail drops (the TAP's `tx_dropped`).
     pub fn report(&self) -> String {
         let qs: Vec<&QueueCounters> = self.counters.iter().map(|c| &**c).collect();
-        crate::counters::report(&self.settings.name, &qs)
+        let mut r = crate::counters::report(&self.settings.name, &qs);
+        let tail = self
+            .tap
+            .tx_dropped()
+            .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
+        r.push_str(&format!(
+            "tap={} mode={} tap_tx_dropped={tail}\n",
+            self.tap.name(),
+            self.settings.mode.name()
+        ));
+        r
     }
 
     /// Lock a queue pair, recovering it if a worker panicked while holding it.

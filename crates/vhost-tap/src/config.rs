@@ -23,19 +23,45 @@ pub const MAX_QUEUES: usize = 16;
 pub enum Mode {
     /// Stop reading the TAP while the ring is full (IFF_BACKPRESSURE when the kernel has it).
     Backpressure,
+    /// Keep draining the TAP; the standing queue waits in a userspace FQ-CoDel.
+    FqCodel,
+    /// Backpressure if the kernel offers IFF_BACKPRESSURE and the TAP has a qdisc, else FQ-CoDel.
+    Auto,
 }
 
 impl Mode {
-    fn parse(s: &str) -> Result<Mode, String> {
+    pub fn parse(s: &str) -> Result<Mode, String> {
         match s {
             "backpressure" => Ok(Mode::Backpressure),
-            "fq-codel" | "auto" => Err(format!(
-                "mode \"{s}\" is not implemented yet; this build supports \"backpressure\""
+            "fq-codel" => Ok(Mode::FqCodel),
+            "auto" => Ok(Mode::Auto),
+            _ => Err(format!(
+                "unknown mode \"{s}\"; expected \"auto\", \"fq-codel\" or \"backpressure\""
             )),
-            _ => Err(format!("unknown mode \"{s}\"; expected \"backpressure\"")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Backpressure => "backpressure",
+            Mode::FqCodel => "fq-codel",
+            Mode::Auto => "auto",
         }
     }
 }
+
+/// FQ-CoDel parameters (RFC 8290 defaults; target 5 ms and interval 100 ms are fixed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FqSettings {
+    pub flows: usize,
+    pub limit: usize,
+    pub memory_limit: usize,
+    pub ecn: bool,
+}
+
+pub const DEFAULT_FQ_FLOWS: usize = 1024;
+pub const DEFAULT_FQ_LIMIT: usize = 10240;
+pub const DEFAULT_FQ_MEMORY_LIMIT: usize = 32 << 20;
 
 /// One checked device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +74,7 @@ pub struct DeviceConfig {
     pub mac: [u8; 6],
     pub mtu: u16,
     pub mode: Mode,
+    pub fq: FqSettings,
     pub txqueuelen: Option<u32>,
 }
 
@@ -89,6 +116,10 @@ pub struct RawDevice {
     pub mtu: Option<Spanned<i64>>,
     pub mode: Option<Spanned<String>>,
     pub txqueuelen: Option<Spanned<i64>>,
+    pub fq_flows: Option<Spanned<i64>>,
+    pub fq_limit: Option<Spanned<i64>>,
+    pub fq_memory_limit: Option<Spanned<i64>>,
+    pub fq_ecn: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,7 +267,19 @@ impl RawDevice {
         };
         let mode = match &self.mode {
             Some(m) => Mode::parse(m.get_ref()).map_err(|e| o.err(Some(m.span()), "mode", e))?,
-            None => Mode::Backpressure,
+            None => Mode::Auto,
+        };
+        let fq = FqSettings {
+            flows: o.int(&self.fq_flows, "fq_flows", DEFAULT_FQ_FLOWS, 1, 65536)?,
+            limit: o.int(&self.fq_limit, "fq_limit", DEFAULT_FQ_LIMIT, 1, 1 << 20)?,
+            memory_limit: o.int(
+                &self.fq_memory_limit,
+                "fq_memory_limit",
+                DEFAULT_FQ_MEMORY_LIMIT,
+                65536,
+                1 << 34,
+            )?,
+            ecn: self.fq_ecn.as_ref().is_none_or(|v| *v.get_ref()),
         };
         Ok(DeviceConfig {
             socket: socket.get_ref().clone(),
@@ -247,6 +290,7 @@ impl RawDevice {
             mac,
             mtu,
             mode,
+            fq,
             txqueuelen,
         })
     }
@@ -398,10 +442,23 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_mode_is_refused_plainly() {
+    fn modes_and_fq_settings() {
+        let d = parse("[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\n").unwrap();
+        assert_eq!(d[0].mode, Mode::Auto);
+        assert_eq!(d[0].fq.limit, DEFAULT_FQ_LIMIT);
+        let d = parse(
+            "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nmode = \"fq-codel\"\nfq_limit = 500\nfq_ecn = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (d[0].mode, d[0].fq.limit, d[0].fq.ecn),
+            (Mode::FqCodel, 500, false)
+        );
         let e =
-            parse("[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nmode = \"fq-codel\"\n").unwrap_err();
-        assert!(e.message.contains("not implemented"), "{e}");
+            parse("[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nmode = \"codel\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("mode")));
+        let e = parse("[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nfq_flows = 0\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("fq_flows")));
     }
 
     #[test]

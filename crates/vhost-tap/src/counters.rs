@@ -72,6 +72,18 @@ counters! {
         rx_interrupts,
         /// Guest interrupts raised for the TX queue.
         tx_interrupts,
+        /// FQ-CoDel mode: frames CoDel dropped at the head of a standing queue (the AQM's job, as a qdisc's drops).
+        rx_aqm_codel_drops,
+        /// FQ-CoDel mode: frames dropped from the head of the fattest flow because the queue hit its packet or memory limit.
+        rx_aqm_overlimit_drops,
+        /// FQ-CoDel mode: ECT frames CoDel marked CE instead of dropping.
+        rx_aqm_ecn_marks,
+        /// FQ-CoDel mode: frames waiting in the queue (gauge).
+        rx_aqm_backlog_frames,
+        /// FQ-CoDel mode: bytes waiting in the queue (gauge).
+        rx_aqm_backlog_bytes,
+        /// FQ-CoDel mode: flows with frames waiting (gauge).
+        rx_aqm_flows,
     }
 }
 

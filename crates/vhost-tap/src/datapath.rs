@@ -79,6 +79,8 @@ pub struct QueuePair {
     consumer: Consumer,
     /// Frame buffers, indexed by ring slot.
     bufs: Vec<Box<[u8]>>,
+    /// FQ-CoDel mode: the standing queue, kept here instead of in the kernel.
+    aqm: Option<Aqm>,
     pub counters: Arc<QueueCounters>,
     /// The TAP fd may have frames (edge-triggered epoll: set on EPOLLIN, cleared on EAGAIN).
     tap_readable: bool,
@@ -93,7 +95,13 @@ pub struct QueuePair {
 }
 
 impl QueuePair {
-    pub fn new(index: usize, tap: Arc<tap::Tap>, ring_size: usize) -> Self {
+    /// `aqm`: `Some` for FQ-CoDel mode, `None` for backpressure mode.
+    pub fn new(
+        index: usize,
+        tap: Arc<tap::Tap>,
+        ring_size: usize,
+        aqm: Option<fq_codel::Config>,
+    ) -> Self {
         let (producer, consumer) = ptr_ring::ring(ring_size);
         let bufs = (0..ring_size)
             .map(|_| vec![0u8; BUF_SIZE].into_boxed_slice())
@@ -104,6 +112,7 @@ impl QueuePair {
             producer,
             consumer,
             bufs,
+            aqm: aqm.map(Aqm::new),
             counters: Arc::new(QueueCounters::default()),
             tap_readable: true,
             tx_blocked: false,
@@ -128,11 +137,15 @@ impl QueuePair {
         self.consumer.len()
     }
 
-    /// Count the frames still in the ring as lost (daemon shutdown).
+    /// Count the frames still in the ring (and the AQM) as lost (daemon shutdown).
     pub fn drop_ring_at_shutdown(&mut self) {
         let mut n = 0;
         while self.consumer.consume().is_some() {
             n += 1;
+        }
+        if let Some(aqm) = &mut self.aqm {
+            n += aqm.clear() as u64;
+            aqm.publish(&self.counters);
         }
         QueueCounters::add(&self.counters.rx_dropped_shutdown, n);
     }
@@ -214,18 +227,50 @@ impl QueuePair {
                 moved += n;
             }
             if moved >= BUDGET {
+                self.publish_aqm();
                 return (RxOutcome::MoreWork, delivered_any);
             }
-            let read = self.read_tap(BUDGET - moved);
+            // In FQ-CoDel mode the ring is only a hand-off: read no more
+            // than it holds, then move everything into the AQM, so the
+            // reader never stops.
+            let budget = match self.aqm {
+                Some(_) => (BUDGET - moved).min(self.producer.capacity() - 1),
+                None => BUDGET - moved,
+            };
+            let read = self.read_tap(budget);
+            if self.aqm.is_some() {
+                self.drain_ring_into_aqm(neg.hdr_len);
+            }
             moved += read;
             if read == 0 {
+                self.publish_aqm();
                 return (RxOutcome::Idle, delivered_any);
             }
         }
     }
 
-    /// Deliver frames from the ring into guest RX chains. Returns the number
-    /// of frames delivered and whether the guest ran out of buffers.
+    fn publish_aqm(&self) {
+        if let Some(aqm) = &self.aqm {
+            aqm.publish(&self.counters);
+        }
+    }
+
+    /// FQ-CoDel mode: move every frame from the ring into the AQM, so that
+    /// the reader never stops and the tun ring never fills.
+    fn drain_ring_into_aqm(&mut self, hdr_len: usize) {
+        let Some(aqm) = &mut self.aqm else { return };
+        while let Some((slot, len)) = self.consumer.peek() {
+            aqm.enqueue(&self.bufs[slot][..len.get()], hdr_len, &self.counters);
+            if self.consumer.discard_one() == Woken::Yes {
+                QueueCounters::add(&self.counters.rx_reader_wakes, 1);
+            }
+        }
+        aqm.publish(&self.counters);
+    }
+
+    /// Deliver frames (from the ring, or from FQ-CoDel in that mode) into
+    /// guest RX chains. Returns the number of frames delivered and whether
+    /// the guest ran out of buffers.
     fn fill_guest(
         &mut self,
         queue: &mut Queue,
@@ -234,13 +279,40 @@ impl QueuePair {
     ) -> (usize, bool) {
         let mut delivered = 0;
         while delivered < BUDGET {
-            let Some((slot, len)) = self.consumer.peek() else {
-                return (delivered, false);
+            let (verdict, flen) = match &mut self.aqm {
+                None => {
+                    let Some((slot, len)) = self.consumer.peek() else {
+                        return (delivered, false);
+                    };
+                    let frame = &mut self.bufs[slot][..len.get()];
+                    (deliver(queue, mem, neg, &mut self.chains, frame), len.get())
+                }
+                Some(aqm) => {
+                    let Some(frame) = aqm.head(&self.counters) else {
+                        return (delivered, false);
+                    };
+                    let n = frame.buf.len();
+                    (
+                        deliver(queue, mem, neg, &mut self.chains, &mut frame.buf),
+                        n,
+                    )
+                }
             };
-            match self.deliver_one(queue, mem, neg, slot, len.get()) {
-                Delivery::Done => delivered += 1,
-                Delivery::Dropped => {}
-                Delivery::NoBuffers => {
+            match verdict {
+                Ok(Delivery::Done) => {
+                    delivered += 1;
+                    let c = &*self.counters;
+                    QueueCounters::add(&c.rx_frames, 1);
+                    QueueCounters::add(&c.rx_bytes, flen.saturating_sub(neg.hdr_len) as u64);
+                }
+                Ok(Delivery::TooBig { len, capacity }) => {
+                    QueueCounters::add(&self.counters.rx_dropped_too_big, 1);
+                    log::debug!(
+                        "rx: queue {}: dropped a {len}-byte frame larger than the guest's buffers ({capacity} bytes)",
+                        self.index
+                    );
+                }
+                Ok(Delivery::NoBuffers) => {
                     // Ask for a kick when buffers come, then look once more:
                     // the guest may have posted between our check and the request.
                     match queue.enable_notification(mem) {
@@ -255,10 +327,19 @@ impl QueuePair {
                         }
                     }
                 }
-                Delivery::Broken => return (delivered, true),
+                Err(why) => {
+                    self.break_rx(&why);
+                    return (delivered, true);
+                }
             }
-            if self.consumer.discard_one() == Woken::Yes {
-                QueueCounters::add(&self.counters.rx_reader_wakes, 1);
+            // The frame left (delivered or dropped as undeliverable): release it.
+            match &mut self.aqm {
+                None => {
+                    if self.consumer.discard_one() == Woken::Yes {
+                        QueueCounters::add(&self.counters.rx_reader_wakes, 1);
+                    }
+                }
+                Some(aqm) => aqm.release_head(),
             }
         }
         (delivered, false)
@@ -282,99 +363,6 @@ impl QueuePair {
         );
         self.tx_broken = true;
         QueueCounters::add(&self.counters.tx_queue_broken, 1);
-    }
-
-    /// Put the frame in ring slot `slot` (`len` bytes, header included) into
-    /// guest chains.
-    fn deliver_one(
-        &mut self,
-        queue: &mut Queue,
-        mem: &GuestMemoryMmap<()>,
-        neg: Negotiated,
-        slot: usize,
-        len: usize,
-    ) -> Delivery {
-        let table = GuestAddress(queue.desc_table());
-        let size = queue.size();
-        // Gather chains until they hold the frame.
-        let mut taken = 0usize;
-        let mut capacity = 0usize;
-        {
-            let mut iter = match queue.iter(mem) {
-                Ok(iter) => iter,
-                Err(e) => {
-                    self.break_rx(&format!("bad avail ring: {e}"));
-                    return Delivery::Broken;
-                }
-            };
-            while capacity < len {
-                let Some(dc) = iter.next() else { break };
-                if self.chains.len() <= taken {
-                    self.chains.push(Chain::default());
-                }
-                let c = &mut self.chains[taken];
-                if let Err(e) =
-                    chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
-                {
-                    let _ = iter;
-                    self.break_rx(&e.to_string());
-                    return Delivery::Broken;
-                }
-                taken += 1;
-                capacity += c.total_len as usize;
-                if !neg.mrg_rxbuf {
-                    break;
-                }
-            }
-            if capacity < len {
-                let never = !neg.mrg_rxbuf && taken == 1 || taken >= usize::from(size);
-                for _ in 0..taken {
-                    iter.go_to_previous_position();
-                }
-                if never {
-                    QueueCounters::add(&self.counters.rx_dropped_too_big, 1);
-                    log::debug!(
-                        "rx: queue {}: dropped a {len}-byte frame larger than the guest's buffers ({capacity} bytes)",
-                        self.index
-                    );
-                    return Delivery::Dropped;
-                }
-                return Delivery::NoBuffers;
-            }
-        }
-
-        // The frame fits: set num_buffers, copy, publish.
-        let frame = &mut self.bufs[slot][..len];
-        if neg.hdr_len == 12 {
-            let nb = if neg.mrg_rxbuf { taken as u16 } else { 1 };
-            frame[10..12].copy_from_slice(&nb.to_le_bytes());
-        }
-        let mut off = 0usize;
-        for c in &self.chains[..taken] {
-            let start = off;
-            for seg in &c.segments {
-                if off == len {
-                    break;
-                }
-                let n = (seg.len as usize).min(len - off);
-                if let Err(e) = vm_memory::Bytes::write_slice(mem, &frame[off..off + n], seg.addr) {
-                    // walk() checked the range; a failure here means the memory map changed.
-                    let why = format!("write to guest buffer failed: {e}");
-                    self.break_rx(&why);
-                    return Delivery::Broken;
-                }
-                off += n;
-            }
-            if let Err(e) = queue.add_used(mem, c.head, (off - start) as u32) {
-                let why = format!("cannot publish used entry: {e}");
-                self.break_rx(&why);
-                return Delivery::Broken;
-            }
-        }
-        let c = &*self.counters;
-        QueueCounters::add(&c.rx_frames, 1);
-        QueueCounters::add(&c.rx_bytes, (len - neg.hdr_len) as u64);
-        Delivery::Done
     }
 
     /// Drain guest TX chains into the TAP. Returns whether any chain was used.
@@ -520,12 +508,182 @@ impl QueuePair {
 
 enum Delivery {
     Done,
-    Dropped,
+    /// Larger than the guest's buffers can ever hold.
+    TooBig {
+        len: usize,
+        capacity: usize,
+    },
     NoBuffers,
-    Broken,
+}
+
+/// Put `frame` (virtio-net header included) into guest RX chains: gather
+/// chains until they hold it (several with MRG_RXBUF), set `num_buffers`,
+/// copy, publish one used entry per chain. On `NoBuffers`/`TooBig` every
+/// chain taken is put back. `Err` means the guest broke the queue.
+fn deliver(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap<()>,
+    neg: Negotiated,
+    chains: &mut Vec<Chain>,
+    frame: &mut [u8],
+) -> Result<Delivery, String> {
+    let len = frame.len();
+    let table = GuestAddress(queue.desc_table());
+    let size = queue.size();
+    let mut taken = 0usize;
+    let mut capacity = 0usize;
+    {
+        let mut iter = queue
+            .iter(mem)
+            .map_err(|e| format!("bad avail ring: {e}"))?;
+        while capacity < len {
+            let Some(dc) = iter.next() else { break };
+            if chains.len() <= taken {
+                chains.push(Chain::default());
+            }
+            let c = &mut chains[taken];
+            chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
+                .map_err(|e| e.to_string())?;
+            taken += 1;
+            capacity += c.total_len as usize;
+            if !neg.mrg_rxbuf {
+                break;
+            }
+        }
+        if capacity < len {
+            let never = !neg.mrg_rxbuf && taken == 1 || taken >= usize::from(size);
+            for _ in 0..taken {
+                iter.go_to_previous_position();
+            }
+            return Ok(if never {
+                Delivery::TooBig { len, capacity }
+            } else {
+                Delivery::NoBuffers
+            });
+        }
+    }
+
+    // The frame fits: set num_buffers, copy, publish.
+    if neg.hdr_len == 12 {
+        let nb = if neg.mrg_rxbuf { taken as u16 } else { 1 };
+        frame[10..12].copy_from_slice(&nb.to_le_bytes());
+    }
+    let mut off = 0usize;
+    for c in &chains[..taken] {
+        let start = off;
+        for seg in &c.segments {
+            if off == len {
+                break;
+            }
+            let n = (seg.len as usize).min(len - off);
+            // walk() checked the range; a failure here means the memory map changed.
+            vm_memory::Bytes::write_slice(mem, &frame[off..off + n], seg.addr)
+                .map_err(|e| format!("write to guest buffer failed: {e}"))?;
+            off += n;
+        }
+        queue
+            .add_used(mem, c.head, (off - start) as u32)
+            .map_err(|e| format!("cannot publish used entry: {e}"))?;
+    }
+    Ok(Delivery::Done)
 }
 
 enum TxError {
     Full,
     Broken(String),
+}
+
+/// A frame waiting in FQ-CoDel: the virtio-net header, then the Ethernet frame.
+pub struct QueuedFrame {
+    buf: Vec<u8>,
+    hdr_len: usize,
+}
+
+impl fq_codel::Packet for QueuedFrame {
+    fn frame(&self) -> &[u8] {
+        &self.buf[self.hdr_len.min(self.buf.len())..]
+    }
+    fn frame_mut(&mut self) -> &mut [u8] {
+        let h = self.hdr_len.min(self.buf.len());
+        &mut self.buf[h..]
+    }
+}
+
+/// FQ-CoDel mode's queue: frames read from the TAP wait here while the guest
+/// is slow; CoDel decides at the head, flows are served round-robin.
+struct Aqm {
+    fq: fq_codel::FqCodel<QueuedFrame>,
+    /// Dequeued (CoDel already judged it) but not delivered yet: the guest had no buffers.
+    head: Option<QueuedFrame>,
+    dropped: Vec<QueuedFrame>,
+    origin: std::time::Instant,
+}
+
+impl Aqm {
+    fn new(cfg: fq_codel::Config) -> Aqm {
+        Aqm {
+            fq: fq_codel::FqCodel::new(cfg),
+            head: None,
+            dropped: Vec::new(),
+            origin: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    fn enqueue(&mut self, frame: &[u8], hdr_len: usize, c: &QueueCounters) {
+        let now = self.now_ns();
+        let pkt = QueuedFrame {
+            buf: frame.to_vec(),
+            hdr_len,
+        };
+        self.fq.enqueue(pkt, now, &mut self.dropped);
+        if !self.dropped.is_empty() {
+            QueueCounters::add(&c.rx_aqm_overlimit_drops, self.dropped.len() as u64);
+            self.dropped.clear();
+        }
+    }
+
+    /// The next frame for the guest, dequeued if there is none waiting.
+    fn head(&mut self, c: &QueueCounters) -> Option<&mut QueuedFrame> {
+        if self.head.is_none() {
+            let now = self.now_ns();
+            self.head = self.fq.dequeue(now, &mut self.dropped);
+            if !self.dropped.is_empty() {
+                QueueCounters::add(&c.rx_aqm_codel_drops, self.dropped.len() as u64);
+                self.dropped.clear();
+            }
+        }
+        self.head.as_mut()
+    }
+
+    fn release_head(&mut self) {
+        self.head = None;
+    }
+
+    /// Empty the queue; returns how many frames were in it.
+    fn clear(&mut self) -> usize {
+        let mut out = Vec::new();
+        self.fq.clear(&mut out);
+        out.len() + usize::from(self.head.take().is_some())
+    }
+
+    /// Refresh the gauges.
+    fn publish(&self, c: &QueueCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let head = self.head.as_ref();
+        c.rx_aqm_backlog_frames.store(
+            (self.fq.len() + usize::from(head.is_some())) as u64,
+            Relaxed,
+        );
+        c.rx_aqm_backlog_bytes.store(
+            (self.fq.backlog_bytes() + head.map_or(0, |h| h.buf.len())) as u64,
+            Relaxed,
+        );
+        let st = self.fq.stats();
+        c.rx_aqm_ecn_marks.store(st.ecn_marks, Relaxed);
+        c.rx_aqm_flows.store(st.flows_active as u64, Relaxed);
+    }
 }

@@ -10,7 +10,7 @@ use log::{error, info};
 use toml::Spanned;
 
 use vhost_tap::backend::{Device, DeviceSettings};
-use vhost_tap::config::{self, DeviceConfig, RawDevice};
+use vhost_tap::config::{self, DeviceConfig, Mode, RawDevice};
 use vhost_tap::server::{self, DeviceServer, Stop};
 
 /// A vhost-user-net backend bridging guests to host TAP devices, with
@@ -39,9 +39,21 @@ struct Cli {
     /// MTU reported to the guest and set on a TAP we create.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MTU as i64)]
     mtu: i64,
-    /// Host → guest queueing: backpressure.
-    #[arg(long, value_name = "MODE", default_value = "backpressure")]
+    /// Host → guest queueing: auto, fq-codel or backpressure (see docs/queueing.md).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
     mode: String,
+    /// FQ-CoDel: flow buckets.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_FQ_FLOWS as i64)]
+    fq_flows: i64,
+    /// FQ-CoDel: most frames queued per queue pair.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_FQ_LIMIT as i64)]
+    fq_limit: i64,
+    /// FQ-CoDel: most bytes queued per queue pair.
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_FQ_MEMORY_LIMIT as i64)]
+    fq_memory_limit: i64,
+    /// FQ-CoDel: mark ECN-capable frames instead of dropping them.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    fq_ecn: bool,
     /// txqueuelen of the TAP (the tun driver's ring size).
     #[arg(long, value_name = "N")]
     txqueuelen: Option<i64>,
@@ -70,6 +82,10 @@ fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, String> {
         mtu: s(cli.mtu),
         mode: Some(Spanned::new(0..0, cli.mode.clone())),
         txqueuelen: cli.txqueuelen.and_then(s),
+        fq_flows: s(cli.fq_flows),
+        fq_limit: s(cli.fq_limit),
+        fq_memory_limit: s(cli.fq_memory_limit),
+        fq_ecn: s(cli.fq_ecn),
     };
     raw.check_cli().map(|d| vec![d]).map_err(|e| e.to_string())
 }
@@ -100,28 +116,71 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// The TAP's root qdisc kind, as `tc` reports it (None if `tc` is missing or fails).
+fn root_qdisc(tap: &str) -> Option<String> {
+    let out = std::process::Command::new("tc")
+        .args(["qdisc", "show", "dev", tap, "root"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1).map(str::to_string)
+}
+
+/// Resolve `auto`: backpressure needs both IFF_BACKPRESSURE and a qdisc to hold the queue.
+fn resolve_mode(mode: Mode, t: &tap::Tap) -> (Mode, String) {
+    match mode {
+        Mode::Backpressure if t.backpressure() => (
+            mode,
+            "asked for; IFF_BACKPRESSURE is on, the TAP's qdisc keeps the queue".into(),
+        ),
+        Mode::Backpressure => (
+            mode,
+            "asked for; the kernel has no IFF_BACKPRESSURE, so the tun driver tail-drops when its ring is full".into(),
+        ),
+        Mode::FqCodel => (mode, "asked for".into()),
+        Mode::Auto if !t.backpressure() => (
+            Mode::FqCodel,
+            "auto: the kernel has no IFF_BACKPRESSURE (Linux 7.3+), so the daemon keeps the queue".into(),
+        ),
+        Mode::Auto => match root_qdisc(t.name()) {
+            Some(q) if q != "noqueue" => (
+                Mode::Backpressure,
+                format!("auto: IFF_BACKPRESSURE is on and the TAP has qdisc {q} to hold the queue"),
+            ),
+            q => (
+                Mode::FqCodel,
+                format!(
+                    "auto: IFF_BACKPRESSURE is on but the TAP has {} qdisc to hold the queue",
+                    q.map_or("no known".into(), |q| format!("the {q}"))
+                ),
+            ),
+        },
+    }
+}
+
 fn open_device(d: &DeviceConfig) -> Result<Device, String> {
     let cfg = tap::TapConfig {
         name: d.tap.clone(),
         queues: d.queues,
         vnet_hdr_size: 12,
-        backpressure: tap::BackpressureRequest::IfAvailable,
+        backpressure: if d.mode == Mode::FqCodel {
+            tap::BackpressureRequest::Off
+        } else {
+            tap::BackpressureRequest::IfAvailable
+        },
         txqueuelen: d.txqueuelen,
         mtu: Some(u32::from(d.mtu)),
         persist: None,
     };
     let t = tap::Tap::open(&cfg).map_err(|e| format!("TAP {}: {e}", d.tap))?;
+    let (mode, why) = resolve_mode(d.mode, &t);
     info!(
-        "{}: TAP {} {} ({} queue(s)); mode backpressure, kernel IFF_BACKPRESSURE {}",
+        "{}: TAP {} {} ({} queue(s)); mode {} ({why})",
         d.tap,
         t.name(),
         if t.created() { "created" } else { "attached" },
         t.queue_count(),
-        if t.backpressure() {
-            "on: the TAP's qdisc keeps the queue"
-        } else {
-            "not available: the tun driver tail-drops when its ring is full"
-        }
+        mode.name(),
     );
     let settings = DeviceSettings {
         name: d.tap.clone(),
@@ -130,6 +189,8 @@ fn open_device(d: &DeviceConfig) -> Result<Device, String> {
         ring_size: d.ring_size,
         mac: d.mac,
         mtu: d.mtu,
+        mode,
+        fq: d.fq,
     };
     Ok(Device::new(settings, t))
 }
