@@ -26,7 +26,7 @@ use std::sync::Arc;
 use log::{error, warn};
 use ptr_ring::{Consumer, Produced, Producer, Woken};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::chain::{self, Chain, Direction};
 use crate::counters::QueueCounters;
@@ -91,6 +91,8 @@ pub struct QueuePair {
     tx_broken: bool,
     /// Scratch space, reused for every frame.
     chains: Vec<Chain>,
+    /// Used entries written but not yet published (one index update per batch).
+    used: UsedBatch,
     iov: IoVecs,
 }
 
@@ -119,6 +121,7 @@ impl QueuePair {
             rx_broken: false,
             tx_broken: false,
             chains: Vec::new(),
+            used: UsedBatch::default(),
             iov: IoVecs(Vec::new()),
         }
     }
@@ -277,6 +280,20 @@ impl QueuePair {
         mem: &GuestMemoryMmap<()>,
         neg: Negotiated,
     ) -> (usize, bool) {
+        let r = self.fill_guest_batch(queue, mem, neg);
+        // One used-index update for the whole batch.
+        if let Err(e) = self.used.publish(queue, mem) {
+            self.break_rx(&e);
+        }
+        r
+    }
+
+    fn fill_guest_batch(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+    ) -> (usize, bool) {
         let mut delivered = 0;
         while delivered < BUDGET {
             let (verdict, flen) = match &mut self.aqm {
@@ -285,7 +302,10 @@ impl QueuePair {
                         return (delivered, false);
                     };
                     let frame = &mut self.bufs[slot][..len.get()];
-                    (deliver(queue, mem, neg, &mut self.chains, frame), len.get())
+                    (
+                        deliver(queue, mem, neg, &mut self.chains, &mut self.used, frame),
+                        len.get(),
+                    )
                 }
                 Some(aqm) => {
                     let Some(frame) = aqm.head(&self.counters) else {
@@ -293,7 +313,14 @@ impl QueuePair {
                     };
                     let n = frame.buf.len();
                     (
-                        deliver(queue, mem, neg, &mut self.chains, &mut frame.buf),
+                        deliver(
+                            queue,
+                            mem,
+                            neg,
+                            &mut self.chains,
+                            &mut self.used,
+                            &mut frame.buf,
+                        ),
                         n,
                     )
                 }
@@ -448,14 +475,18 @@ impl QueuePair {
                 }
             }
             let _ = iter;
-            if let Err(e) = queue.add_used(mem, chain.head, 0) {
-                self.break_tx(&format!("cannot publish used entry: {e}"));
+            if let Err(e) = self.used.push(queue, mem, chain.head, 0) {
+                self.break_tx(&e);
                 break RxOutcome::Idle;
             }
             used_any = true;
             done += 1;
         };
         self.chains.push(chain);
+        // One used-index update for the whole batch.
+        if let Err(e) = self.used.publish(queue, mem) {
+            self.break_tx(&e);
+        }
         (outcome, used_any)
     }
 
@@ -506,6 +537,63 @@ impl QueuePair {
     }
 }
 
+/// Used-ring entries written one by one and published with a single
+/// used-index store, so the guest sees a batch at once and the index cache
+/// line is written once per batch instead of once per frame.
+#[derive(Default)]
+struct UsedBatch {
+    /// Entries written beyond the queue's `next_used`.
+    pending: u16,
+}
+
+impl UsedBatch {
+    /// Write one used element `{id: head, len}` after those already pending.
+    fn push(
+        &mut self,
+        queue: &Queue,
+        mem: &GuestMemoryMmap<()>,
+        head: u16,
+        len: u32,
+    ) -> Result<(), String> {
+        let size = queue.size();
+        if size == 0 || self.pending >= size {
+            return Err(format!(
+                "more used entries pending ({}) than the queue holds ({size})",
+                self.pending
+            ));
+        }
+        let slot = queue.next_used().wrapping_add(self.pending) % size;
+        let at = GuestAddress(queue.used_ring())
+            .checked_add(4 + 8 * u64::from(slot))
+            .ok_or_else(|| "used ring address overflows".to_string())?;
+        let elem = (u64::from(len) << 32 | u64::from(head)).to_le();
+        vm_memory::Bytes::write_obj(mem, elem, at)
+            .map_err(|e| format!("cannot write used entry: {e}"))?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Make the pending entries visible: one Release store of the used index.
+    fn publish(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap<()>) -> Result<(), String> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let next = queue.next_used().wrapping_add(self.pending);
+        self.pending = 0;
+        let at = GuestAddress(queue.used_ring())
+            .checked_add(2)
+            .ok_or_else(|| "used ring address overflows".to_string())?;
+        // Release: the entries written by `push` are visible to the guest
+        // before the index that covers them. Pairs with the driver's read
+        // barrier between reading used->idx and the entries
+        // (virtio_rmb in virtqueue_get_buf).
+        vm_memory::Bytes::store(mem, next.to_le(), at, std::sync::atomic::Ordering::Release)
+            .map_err(|e| format!("cannot publish the used index: {e}"))?;
+        queue.set_next_used(next);
+        Ok(())
+    }
+}
+
 enum Delivery {
     Done,
     /// Larger than the guest's buffers can ever hold.
@@ -525,6 +613,7 @@ fn deliver(
     mem: &GuestMemoryMmap<()>,
     neg: Negotiated,
     chains: &mut Vec<Chain>,
+    used: &mut UsedBatch,
     frame: &mut [u8],
 ) -> Result<Delivery, String> {
     let len = frame.len();
@@ -581,9 +670,7 @@ fn deliver(
                 .map_err(|e| format!("write to guest buffer failed: {e}"))?;
             off += n;
         }
-        queue
-            .add_used(mem, c.head, (off - start) as u32)
-            .map_err(|e| format!("cannot publish used entry: {e}"))?;
+        used.push(queue, mem, c.head, (off - start) as u32)?;
     }
     Ok(Delivery::Done)
 }
