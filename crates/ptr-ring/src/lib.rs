@@ -52,13 +52,18 @@
 //! never clear a *later* stop with a decision taken for an earlier one (no
 //! ABA), and `Woken::Yes` means the slot at the producer index is free.
 //!
-//! **No stop with a drained ring.** `batch <= capacity / 2` (see
-//! [`batch_for`]). If the producer stays stopped at `P` and the consumer
-//! drains every item up to `P`, fewer than `batch` of them are still waiting
-//! to be zeroed, so `occupied < capacity / 2` at the last zeroing, which
-//! happens after the producer's fence in the `SeqCst` order (the producer's
-//! re-check did not see it), so that zeroing sees the tag and wakes. No extra
-//! flush of a partial batch is needed. `tests/loom.rs` checks this.
+//! **No stop with a drained ring.** Zeroing happens at fixed slot
+//! positions (every `batch` slots from 0, and at the wrap), and within a
+//! batch in reverse order. A producer that saw slot `i - 1` zeroed (Acquire,
+//! synchronizing with that Release store) therefore also sees slot `i` of the
+//! same batch zeroed, so it can only find the ring full, and stop, at the
+//! first slot of a batch. If it stays stopped there, its re-check did not see
+//! the zeroing of that slot, so (store buffering) that zeroing and every later
+//! one see the stop tag. A consumer that drains every item up to the stop
+//! reaches that batch boundary again and zeroes its last batch there: nothing
+//! is left occupied, and it wakes the producer. No extra flush of a partial
+//! batch is needed (`draining_always_wakes_a_stopped_producer` checks every
+//! position sequentially, `tests/loom.rs` the races).
 //!
 //! **Pairing.** Every [`Produced::Stopped`] is matched by exactly one
 //! [`Woken::Yes`] and vice versa: when the producer's re-check finds space
@@ -125,9 +130,9 @@ use sync::{fence, Arc, AtomicUsize, Ordering};
 /// 16 is Linux's `SMP_CACHE_BYTES * 2 / sizeof(void *)` on 64-bit: the
 /// consumer hands back two cache lines of slots at a time. Linux falls back
 /// to 1 when that exceeds `size / 2`; capping at `capacity / 2` instead keeps
-/// batching on mid-sized rings and keeps the property the wake-up relies on:
-/// `batch <= capacity / 2`, so a consumer that drains the ring always zeroes
-/// enough slots to reach the wake threshold (see the crate docs).
+/// batching on mid-sized rings while never withholding more than half the
+/// ring from the producer (consumed slots wait for their batch to be zeroed).
+/// The wake-up does not depend on the batch size (see the crate docs).
 pub fn batch_for(capacity: usize) -> usize {
     (capacity / 2).clamp(1, 16)
 }
@@ -249,18 +254,6 @@ pub enum Woken {
     /// This call cleared the producer's stop flag: signal the producer
     /// thread (e.g. write its eventfd).
     Yes,
-}
-
-impl Woken {
-    /// `Yes` if either is `Yes`.
-    #[must_use]
-    pub fn or(self, other: Woken) -> Woken {
-        if self == Woken::Yes || other == Woken::Yes {
-            Woken::Yes
-        } else {
-            Woken::No
-        }
-    }
 }
 
 /// The producing end. `Send`, not `Clone`.
@@ -422,16 +415,22 @@ impl Consumer {
     }
 
     /// Consumes up to `out.len()` items into `out`; returns (count, Woken).
+    ///
+    /// NB: returns early, after the item whose discard woke the producer, so
+    /// that one call never wakes it twice: a woken producer may refill and
+    /// stop again while a long batch is still being consumed, and each
+    /// [`Produced::Stopped`] must get its own [`Woken::Yes`].
     pub fn consume_batched(&mut self, out: &mut [NonZeroUsize]) -> (usize, Woken) {
-        let mut woken = Woken::No;
         for (n, dst) in out.iter_mut().enumerate() {
             let Some((_, value)) = self.peek() else {
-                return (n, woken);
+                return (n, Woken::No);
             };
             *dst = value;
-            woken = woken.or(self.advance());
+            if self.advance() == Woken::Yes {
+                return (n + 1, Woken::Yes);
+            }
         }
-        (out.len(), woken)
+        (out.len(), Woken::No)
     }
 
     /// True if there is nothing to consume.
@@ -501,12 +500,14 @@ impl Consumer {
             return Woken::No;
         }
         // Release: pairs with the Acquire load in `Producer::is_stopped`
-        // (a woken producer sees our zeroing). Races with the compare-exchange
+        // (a woken producer sees our zeroing; the SeqCst fence above already
+        // orders the zeroing before this, Release keeps it so if the fence
+        // ever moves). Races with the compare-exchange
         // in `Producer::produce`'s re-check: exactly one succeeds. The tag
         // names one stop, so we never clear a later one.
         match prod
             .stop
-            .compare_exchange(tag, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(tag, 0, Ordering::Release, Ordering::Relaxed)
         {
             Ok(_) => Woken::Yes,
             Err(_) => Woken::No,

@@ -19,8 +19,23 @@
 //!   before `produce`, the consumer reads it after `peek`; loom reports any
 //!   access not ordered by happens-before.
 //!
-//! Models use loom's default exhaustive search unless a preemption bound is
-//! given (see each test); the bound, if any, is stated where used.
+//! Search: preemption bound 4 by default (`LOOM_MAX_PREEMPTIONS` overrides);
+//! an unbounded search of even the smallest model did not finish in 8
+//! minutes. With bound 4 all models together take about 35 s in --release on
+//! 2 cores.
+//!
+//! Checked by mutation: removing either `SeqCst` fence, or the producer's
+//! re-check, gives a loom deadlock; `Relaxed` instead of `Release` for the
+//! slot publish or the zeroing gives a causality violation on the side
+//! storage; clearing the stop flag with a plain store in the re-check, or
+//! letting one `consume_batched` call report two wakes as one, breaks the
+//! pairing assertion. (`Relaxed` on the wake compare-exchange passes: the
+//! SeqCst fence before it already acts as the release.)
+//!
+//! Model limit: loom implements `fence(SeqCst)` by joining every SeqCst
+//! fence's causality (stronger than C11, where SC fences only constrain what
+//! later loads may read). The protocol's argument (crate docs) uses only the
+//! C11 store-buffering rule.
 #![cfg(loom)]
 
 use core::num::NonZeroUsize;
@@ -76,6 +91,19 @@ struct Side(Vec<UnsafeCell<usize>>);
 // ownership rules are what this test verifies.
 unsafe impl Sync for Side {}
 
+/// How each side waits for the other.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Wait {
+    /// Block on an eventfd model (`Mutex` + `Condvar`): a lost wake-up is
+    /// a loom deadlock.
+    EventFd,
+    /// Spin on `is_stopped()` / `peek()` with `yield_now`: nothing but the
+    /// ring's own orderings connects the threads (no mutex to lend them
+    /// happens-before). A lost wake-up spins forever, which loom reports as
+    /// exceeding its branch limit.
+    Spin,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum ConsumeMode {
     /// `peek`, read side storage, `discard_one`.
@@ -84,15 +112,28 @@ enum ConsumeMode {
     Batched,
 }
 
+const DEFAULT_PREEMPTION_BOUND: usize = 4;
+
+fn wait_for_data(wait: Wait, data: &EventFd) {
+    match wait {
+        Wait::EventFd => data.wait(true),
+        Wait::Spin => thread::yield_now(),
+    }
+}
+
 fn nz(v: usize) -> NonZeroUsize {
     NonZeroUsize::new(v).unwrap()
 }
 
-fn run_model(capacity: usize, items: usize, mode: ConsumeMode, preemption_bound: Option<usize>) {
+fn run_model(capacity: usize, items: usize, mode: ConsumeMode, wait: Wait) {
     let mut builder = loom::model::Builder::new();
-    if preemption_bound.is_some() {
-        builder.preemption_bound = preemption_bound;
+    // Unbounded search of even the smallest model (capacity 2, 4 items)
+    // does not finish in 8 minutes; bound 4 takes 1-8 s per model (bound 5:
+    // about 5x more). `LOOM_MAX_PREEMPTIONS` overrides the default.
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(DEFAULT_PREEMPTION_BOUND);
     }
+    let preemption_bound = builder.preemption_bound;
     let start = Instant::now();
     builder.check(move || {
         let (mut tx, mut rx) = ring(capacity);
@@ -112,11 +153,20 @@ fn run_model(capacity: usize, items: usize, mode: ConsumeMode, preemption_bound:
                     // slot is empty (loom checks the hand-off).
                     side.0[slot].with_mut(|p| unsafe { *p = seq * 10 });
                     let produced = tx.produce(nz(seq)).expect("running producer got Full");
-                    data.signal();
+                    if wait == Wait::EventFd {
+                        data.signal();
+                    }
                     if produced == Produced::Stopped {
                         stops += 1;
-                        // One eventfd read per stop: pairing.
-                        wake.wait(false);
+                        match wait {
+                            // One eventfd read per stop: pairing.
+                            Wait::EventFd => wake.wait(false),
+                            Wait::Spin => {
+                                while tx.is_stopped() {
+                                    thread::yield_now();
+                                }
+                            }
+                        }
                         assert!(!tx.is_stopped(), "woken but still stopped");
                     }
                 }
@@ -139,7 +189,7 @@ fn run_model(capacity: usize, items: usize, mode: ConsumeMode, preemption_bound:
                         rx.discard_one()
                     }
                     None => {
-                        data.wait(true);
+                        wait_for_data(wait, &data);
                         continue;
                     }
                 },
@@ -147,7 +197,7 @@ fn run_model(capacity: usize, items: usize, mode: ConsumeMode, preemption_bound:
                     let mut out = [nz(1); 2];
                     let (n, woken) = rx.consume_batched(&mut out);
                     if n == 0 {
-                        data.wait(true);
+                        wait_for_data(wait, &data);
                         continue;
                     }
                     for value in &out[..n] {
@@ -159,7 +209,9 @@ fn run_model(capacity: usize, items: usize, mode: ConsumeMode, preemption_bound:
             };
             if woken == Woken::Yes {
                 wakes += 1;
-                wake.signal();
+                if wait == Wait::EventFd {
+                    wake.signal();
+                }
             }
         }
         assert!(rx.is_empty());
@@ -169,7 +221,7 @@ fn run_model(capacity: usize, items: usize, mode: ConsumeMode, preemption_bound:
         assert_eq!(wake.pending(), 0, "stale wake event");
     });
     eprintln!(
-        "loom capacity {capacity} items {items} {mode:?} bound {preemption_bound:?}: {:?}",
+        "loom capacity {capacity} items {items} {mode:?} {wait:?} bound {preemption_bound:?}: {:?}",
         start.elapsed()
     );
 }
@@ -177,28 +229,49 @@ fn run_model(capacity: usize, items: usize, mode: ConsumeMode, preemption_bound:
 /// batch 1: every consume zeroes and checks for a wake.
 #[test]
 fn cap2_items4_peek_discard() {
-    run_model(2, 4, ConsumeMode::PeekDiscard, None);
+    run_model(2, 4, ConsumeMode::PeekDiscard, Wait::EventFd);
 }
 
 #[test]
 fn cap2_items4_batched() {
-    run_model(2, 4, ConsumeMode::Batched, None);
+    run_model(2, 4, ConsumeMode::Batched, Wait::EventFd);
 }
 
 /// Odd capacity: batch 1, wake at occupied <= 1.
 #[test]
 fn cap3_items5_peek_discard() {
-    run_model(3, 5, ConsumeMode::PeekDiscard, None);
+    run_model(3, 5, ConsumeMode::PeekDiscard, Wait::EventFd);
 }
 
 /// batch 2: partial batches, zeroing on head wrap, the producer seeing
 /// "full" while the consumer holds consumed-but-not-zeroed slots.
 #[test]
 fn cap4_items6_peek_discard() {
-    run_model(4, 6, ConsumeMode::PeekDiscard, None);
+    run_model(4, 6, ConsumeMode::PeekDiscard, Wait::EventFd);
 }
 
 #[test]
 fn cap4_items6_batched() {
-    run_model(4, 6, ConsumeMode::Batched, None);
+    run_model(4, 6, ConsumeMode::Batched, Wait::EventFd);
+}
+
+/// No eventfd: the producer polls `is_stopped()`, so only the ring's
+/// Release compare-exchange / Acquire `is_stopped` make the zeroed slot
+/// visible to a woken producer.
+#[test]
+fn cap2_items4_spin() {
+    run_model(2, 4, ConsumeMode::PeekDiscard, Wait::Spin);
+}
+
+#[test]
+fn cap4_items6_spin() {
+    run_model(4, 6, ConsumeMode::Batched, Wait::Spin);
+}
+
+/// A producer that restarts as soon as `is_stopped()` is false can refill
+/// and stop again while one `consume_batched` call is still running: each
+/// stop must still get its own `Woken::Yes`.
+#[test]
+fn cap2_items4_spin_batched() {
+    run_model(2, 4, ConsumeMode::Batched, Wait::Spin);
 }

@@ -223,9 +223,9 @@ impl NetBackend {
         if !ready_features {
             return;
         }
-        let (outcome, delivered) = pair.rx_run(vring.get_queue_mut(), &mem, neg, ready);
-        if delivered {
-            self.notify(&mut vring, &pair.counters.rx_interrupts, &mem);
+        let (outcome, signal) = pair.rx_run(vring.get_queue_mut(), &mem, neg, ready);
+        if signal {
+            self.notify(&vring, &pair.counters.rx_interrupts);
         }
         if outcome == RxOutcome::MoreWork {
             let _ = self.resume[p].write(1);
@@ -240,36 +240,23 @@ impl NetBackend {
         if !(vring.get_queue().ready() && vring.is_enabled()) {
             return;
         }
-        let (outcome, used) = pair.tx_run(vring.get_queue_mut(), &mem, neg);
-        if used {
-            self.notify(&mut vring, &pair.counters.tx_interrupts, &mem);
+        let (outcome, signal) = pair.tx_run(vring.get_queue_mut(), &mem, neg);
+        if signal {
+            self.notify(&vring, &pair.counters.tx_interrupts);
         }
         if outcome == RxOutcome::MoreWork {
             let _ = self.resume[p].write(1);
         }
     }
 
-    fn notify(
-        &self,
-        vring: &mut vhost_user_backend::VringState<GuestMem>,
-        counter: &AtomicU64,
-        mem: &GuestMemoryMmap<()>,
-    ) {
-        match vring.get_queue_mut().needs_notification(mem) {
-            Ok(true) => {
-                QueueCounters::add(counter, 1);
-                if let Err(e) = vring.signal_used_queue() {
-                    error!(
-                        "{}: cannot signal the guest: {e}",
-                        self.device.settings.name
-                    );
-                }
-            }
-            Ok(false) => {}
-            Err(e) => error!(
-                "{}: cannot read the guest's used_event: {e}",
+    /// Interrupt the guest (the data path decided it wants one).
+    fn notify(&self, vring: &vhost_user_backend::VringState<GuestMem>, counter: &AtomicU64) {
+        QueueCounters::add(counter, 1);
+        if let Err(e) = vring.signal_used_queue() {
+            error!(
+                "{}: cannot signal the guest: {e}",
                 self.device.settings.name
-            ),
+            );
         }
     }
 }

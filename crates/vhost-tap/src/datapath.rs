@@ -91,8 +91,10 @@ pub struct QueuePair {
     tx_broken: bool,
     /// Scratch space, reused for every frame.
     chains: Vec<Chain>,
-    /// Used entries written but not yet published (one index update per batch).
-    used: UsedBatch,
+    /// Used entries written but not yet published (one index update per
+    /// batch), one per vring.
+    rx_used: UsedBatch,
+    tx_used: UsedBatch,
     iov: IoVecs,
 }
 
@@ -121,7 +123,8 @@ impl QueuePair {
             rx_broken: false,
             tx_broken: false,
             chains: Vec::new(),
-            used: UsedBatch::default(),
+            rx_used: UsedBatch::default(),
+            tx_used: UsedBatch::default(),
             iov: IoVecs(Vec::new()),
         }
     }
@@ -231,7 +234,8 @@ impl QueuePair {
             }
             if moved >= BUDGET {
                 self.publish_aqm();
-                return (RxOutcome::MoreWork, delivered_any);
+                let _ = delivered_any;
+                return (RxOutcome::MoreWork, self.rx_signal(queue, mem));
             }
             // In FQ-CoDel mode the ring is only a hand-off: read no more
             // than it holds, then move everything into the AQM, so the
@@ -247,7 +251,18 @@ impl QueuePair {
             moved += read;
             if read == 0 {
                 self.publish_aqm();
-                return (RxOutcome::Idle, delivered_any);
+                return (RxOutcome::Idle, self.rx_signal(queue, mem));
+            }
+        }
+    }
+
+    /// Whether the guest wants an interrupt for what RX just published.
+    fn rx_signal(&mut self, queue: &Queue, mem: &GuestMemoryMmap<()>) -> bool {
+        match self.rx_used.needs_notification(queue, mem) {
+            Ok(s) => s,
+            Err(e) => {
+                self.break_rx(&e);
+                false
             }
         }
     }
@@ -282,7 +297,7 @@ impl QueuePair {
     ) -> (usize, bool) {
         let r = self.fill_guest_batch(queue, mem, neg);
         // One used-index update for the whole batch.
-        if let Err(e) = self.used.publish(queue, mem) {
+        if let Err(e) = self.rx_used.publish(queue, mem) {
             self.break_rx(&e);
         }
         r
@@ -303,7 +318,7 @@ impl QueuePair {
                     };
                     let frame = &mut self.bufs[slot][..len.get()];
                     (
-                        deliver(queue, mem, neg, &mut self.chains, &mut self.used, frame),
+                        deliver(queue, mem, neg, &mut self.chains, &mut self.rx_used, frame),
                         len.get(),
                     )
                 }
@@ -318,7 +333,7 @@ impl QueuePair {
                             mem,
                             neg,
                             &mut self.chains,
-                            &mut self.used,
+                            &mut self.rx_used,
                             &mut frame.buf,
                         ),
                         n,
@@ -475,7 +490,7 @@ impl QueuePair {
                 }
             }
             let _ = iter;
-            if let Err(e) = self.used.push(queue, mem, chain.head, 0) {
+            if let Err(e) = self.tx_used.push(queue, mem, chain.head, 0) {
                 self.break_tx(&e);
                 break RxOutcome::Idle;
             }
@@ -484,10 +499,18 @@ impl QueuePair {
         };
         self.chains.push(chain);
         // One used-index update for the whole batch.
-        if let Err(e) = self.used.publish(queue, mem) {
+        if let Err(e) = self.tx_used.publish(queue, mem) {
             self.break_tx(&e);
         }
-        (outcome, used_any)
+        let _ = used_any;
+        let signal = match self.tx_used.needs_notification(queue, mem) {
+            Ok(s) => s,
+            Err(e) => {
+                self.break_tx(&e);
+                false
+            }
+        };
+        (outcome, signal)
     }
 
     /// `writev` one checked chain straight from guest memory.
@@ -544,6 +567,8 @@ impl QueuePair {
 struct UsedBatch {
     /// Entries written beyond the queue's `next_used`.
     pending: u16,
+    /// Entries published since the guest was last considered for an interrupt.
+    unsignalled: u16,
 }
 
 impl UsedBatch {
@@ -579,6 +604,7 @@ impl UsedBatch {
             return Ok(());
         }
         let next = queue.next_used().wrapping_add(self.pending);
+        self.unsignalled = self.unsignalled.wrapping_add(self.pending);
         self.pending = 0;
         let at = GuestAddress(queue.used_ring())
             .checked_add(2)
@@ -592,7 +618,49 @@ impl UsedBatch {
         queue.set_next_used(next);
         Ok(())
     }
+
+    /// Whether the guest wants an interrupt for the entries published since
+    /// the last call: with EVENT_IDX, when its `used_event` lies in that
+    /// range (the kernel's `vring_need_event`); without, unless it set
+    /// `VRING_AVAIL_F_NO_INTERRUPT`.
+    fn needs_notification(
+        &mut self,
+        queue: &Queue,
+        mem: &GuestMemoryMmap<()>,
+    ) -> Result<bool, String> {
+        let added = std::mem::take(&mut self.unsignalled);
+        if added == 0 {
+            return Ok(false);
+        }
+        let new = queue.next_used();
+        let old = new.wrapping_sub(added);
+        // SeqCst fence: our used-index store must be visible before we read
+        // the guest's used_event/flags, while the guest writes used_event and
+        // then re-reads the used index (virtio_mb in
+        // virtqueue_enable_cb_delayed). Store-buffering: one side sees the other.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let avail = GuestAddress(queue.avail_ring());
+        if queue.event_idx_enabled() {
+            let at = avail
+                .checked_add(4 + 2 * u64::from(queue.size()))
+                .ok_or_else(|| "avail ring address overflows".to_string())?;
+            let used_event: u16 =
+                vm_memory::Bytes::load(mem, at, std::sync::atomic::Ordering::Relaxed)
+                    .map(u16::from_le)
+                    .map_err(|e| format!("cannot read used_event: {e}"))?;
+            Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old))
+        } else {
+            let flags: u16 =
+                vm_memory::Bytes::load(mem, avail, std::sync::atomic::Ordering::Relaxed)
+                    .map(u16::from_le)
+                    .map_err(|e| format!("cannot read avail flags: {e}"))?;
+            Ok(flags & VRING_AVAIL_F_NO_INTERRUPT == 0)
+        }
+    }
 }
+
+/// `VRING_AVAIL_F_NO_INTERRUPT`: the driver does not want interrupts (without EVENT_IDX).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 enum Delivery {
     Done,
