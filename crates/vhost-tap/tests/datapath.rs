@@ -268,7 +268,7 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
         let data = &f[54..];
         // Frames of this test's other direction (sequence numbers elsewhere,
         // e.g. a copy of the host's own GSO frame) are not ours to check.
-        if f[6..12] != GUEST_MAC || off + data.len() > payload.len() {
+        if off + data.len() > payload.len() {
             continue;
         }
         assert!(
