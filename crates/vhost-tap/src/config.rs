@@ -436,6 +436,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../../examples/vhost-tap.toml");
+        let d = parse_file(Path::new("examples/vhost-tap.toml"), text).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].queues, 2);
+        assert_eq!(d[1].mode, Mode::Auto);
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let e = parse("[[device]]\nsocket = \"/run/a.sock\ntap = \"vt0\"\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");

@@ -388,23 +388,24 @@ impl QueuePair {
     }
 
     fn break_rx(&mut self, why: &str) {
-        error!(
-            "rx: {} queue {}: guest RX queue broken, not served until the guest resets it: {why}",
-            self.tap.name(),
-            self.index
-        );
         self.rx_broken = true;
-        QueueCounters::add(&self.counters.rx_queue_broken, 1);
+        self.report_broken("RX", &self.counters.rx_queue_broken, why);
     }
 
     fn break_tx(&mut self, why: &str) {
+        self.tx_broken = true;
+        self.report_broken("TX", &self.counters.tx_queue_broken, why);
+    }
+
+    /// The one log line and counter of a queue the guest broke.
+    fn report_broken(&self, dir: &str, counter: &std::sync::atomic::AtomicU64, why: &str) {
         error!(
-            "tx: {} queue {}: guest TX queue broken, not served until the guest resets it: {why}",
+            "{}: {} queue {}: guest {dir} queue broken, not served until the guest resets it: {why}",
+            dir.to_lowercase(),
             self.tap.name(),
             self.index
         );
-        self.tx_broken = true;
-        QueueCounters::add(&self.counters.tx_queue_broken, 1);
+        QueueCounters::add(counter, 1);
     }
 
     /// Drain guest TX chains into the TAP. Returns whether any chain was used.
