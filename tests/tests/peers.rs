@@ -142,7 +142,11 @@ fn rxonly_flood(mode: &str) {
         let n = pmd.last("RX");
         (n >= delivered).then_some(n)
     });
-    assert!(got.is_some(), "testpmd saw {} of {delivered}", pmd.last("RX"));
+    assert!(
+        got.is_some(),
+        "testpmd saw {} of {delivered}",
+        pmd.last("RX")
+    );
     eprintln!(
         "{mode}: sent {sent}, tun tail drops {tail_drops}, AQM drops {}, delivered {delivered}",
         aqm(&c)

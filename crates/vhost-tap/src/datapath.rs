@@ -354,17 +354,18 @@ impl QueuePair {
                         self.index
                     );
                 }
-                Ok(Delivery::NoBuffers) => {
-                    // Ask for a kick when buffers come, then look once more:
-                    // the guest may have posted between our check and the request.
-                    match queue.enable_notification(mem) {
+                Ok(Delivery::NoBuffers { seen }) => {
+                    // Ask for a kick when the guest posts beyond the `seen`
+                    // chains (too few for this frame), then look once more:
+                    // it may have posted between our check and the request.
+                    match arm_rx_notification(queue, mem, seen) {
                         Ok(true) => continue,
                         Ok(false) => {
                             QueueCounters::add(&self.counters.rx_no_guest_buffers, 1);
                             return (delivered, true);
                         }
                         Err(e) => {
-                            self.break_rx(&format!("cannot enable notifications: {e}"));
+                            self.break_rx(&e);
                             return (delivered, true);
                         }
                     }
@@ -670,7 +671,49 @@ enum Delivery {
         len: usize,
         capacity: usize,
     },
-    NoBuffers,
+    /// The `seen` available chains cannot hold the frame (they are put back).
+    NoBuffers {
+        seen: u16,
+    },
+}
+
+/// Request a kick for the next chain the guest makes available after the
+/// `seen` ones we could not use, then re-check. Returns whether more chains
+/// than `seen` are available now (try again) or not (wait for the kick).
+///
+/// With EVENT_IDX the request is `avail_event = next_avail + seen`: the guest
+/// kicks when its avail index moves past it (`vring_need_event`). Setting it
+/// to `next_avail` alone (what a plain "enable notifications" does) would
+/// never fire while chains we put back are still pending, so a frame needing
+/// more mergeable buffers than are posted would wait forever. Without
+/// EVENT_IDX the guest kicks on every addition once notifications are on.
+fn arm_rx_notification(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap<()>,
+    seen: u16,
+) -> Result<bool, String> {
+    use std::sync::atomic::Ordering;
+    // Turns kicks on (flags, or avail_event = next_avail with EVENT_IDX).
+    queue
+        .enable_notification(mem)
+        .map_err(|e| format!("cannot enable notifications: {e}"))?;
+    let want = queue.next_avail().wrapping_add(seen);
+    if queue.event_idx_enabled() {
+        let at = GuestAddress(queue.used_ring())
+            .checked_add(4 + 8 * u64::from(queue.size()))
+            .ok_or_else(|| "used ring address overflows".to_string())?;
+        vm_memory::Bytes::store(mem, want.to_le(), at, Ordering::Relaxed)
+            .map_err(|e| format!("cannot write avail_event: {e}"))?;
+    }
+    // SeqCst fence: avail_event must be visible before we re-read the avail
+    // index, while the guest publishes its avail index and then reads
+    // avail_event (virtio_mb in virtqueue_kick_prepare). Store-buffering:
+    // either we see its new chains or it sees our request and kicks.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|e| format!("cannot read the avail index: {e}"))?;
+    Ok(avail.0.wrapping_sub(queue.next_avail()) > seen)
 }
 
 /// Put `frame` (virtio-net header included) into guest RX chains: gather
@@ -716,7 +759,7 @@ fn deliver(
             return Ok(if never {
                 Delivery::TooBig { len, capacity }
             } else {
-                Delivery::NoBuffers
+                Delivery::NoBuffers { seen: taken as u16 }
             });
         }
     }

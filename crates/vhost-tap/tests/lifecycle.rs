@@ -190,7 +190,11 @@ fn two_devices_from_a_config_file_are_independent() {
                 .find(|l| l.contains(&format!("{tap_a} queue 0")) && l.contains("broken"))
                 .map(str::to_string)
         });
-        assert!(broken.is_some(), "A's queue not reported broken:\n{}", log_text());
+        assert!(
+            broken.is_some(),
+            "A's queue not reported broken:\n{}",
+            log_text()
+        );
         // B carries traffic both ways.
         let sock = PacketSock::open(&tap_b, false);
         let tag = fresh_tag();
@@ -201,7 +205,9 @@ fn two_devices_from_a_config_file_are_independent() {
         assert_eq!(got[0].1, f);
         let h = test_frame(HOST_MAC, GUEST_MAC, tag, 1, 300);
         sock.send(&h);
-        let got = guest_recv(&mut b, 0, 1, 2048, Duration::from_secs(5), |x| has_tag(&x.data, tag));
+        let got = guest_recv(&mut b, 0, 1, 2048, Duration::from_secs(5), |x| {
+            has_tag(&x.data, tag)
+        });
         assert_eq!(got.len(), 1, "B: host→guest frame lost");
         assert_eq!(got[0].data, h);
         // Both frontends leave; both devices listen again.
@@ -234,5 +240,8 @@ fn two_devices_from_a_config_file_are_independent() {
         eprintln!("---- daemon log ----\n{}", log_text());
         std::panic::resume_unwind(e);
     }
-    assert!(st.is_some_and(|s| s.success()), "exit after SIGTERM: {st:?}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {st:?}"
+    );
 }
