@@ -526,10 +526,20 @@ impl QueuePair {
         for seg in &chain.segments {
             for s in mem.get_slices(seg.addr, seg.len as usize) {
                 let s = s.map_err(|e| TxError::Broken(format!("guest buffer unmapped: {e}")))?;
-                self.iov.0.push(libc::iovec {
-                    iov_base: s.ptr_guard().as_ptr() as *mut libc::c_void,
-                    iov_len: s.len(),
-                });
+                let base = s.ptr_guard().as_ptr() as *mut libc::c_void;
+                // Drivers usually put the header right before the frame:
+                // one iovec instead of two saves the kernel an iovec import.
+                match self.iov.0.last_mut() {
+                    Some(prev)
+                        if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize =>
+                    {
+                        prev.iov_len += s.len();
+                    }
+                    _ => self.iov.0.push(libc::iovec {
+                        iov_base: base,
+                        iov_len: s.len(),
+                    }),
+                }
             }
         }
         let q = self.tap.queue(self.index);

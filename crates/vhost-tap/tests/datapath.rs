@@ -485,7 +485,10 @@ fn big_frame_waits_for_enough_mergeable_buffers_without_spinning() {
             used < 0.3,
             "daemon used {used:.2} s of CPU in 1 s while waiting (event_idx={event_idx}): spinning"
         );
-        assert!(drv.recv(0).is_empty(), "a partial frame reached the guest");
+        assert!(
+            !drv.recv(0).iter().any(|f| f.data.len() > 54 && f.data[23] == 6),
+            "a partial frame reached the guest"
+        );
         // More buffers: the kick wakes the daemon, the frame arrives whole.
         let got = guest_recv(&mut drv, 0, 1, 2048, SEC5, |f| {
             f.data.len() > 54 && f.data[23] == 6
