@@ -200,6 +200,17 @@ pub(crate) unsafe fn readv(file: &File, iov: &[libc::iovec]) -> io::Result<usize
 /// Every iovec must point to memory valid for reads of `iov_len` bytes for
 /// the duration of the call.
 pub(crate) unsafe fn writev(file: &File, iov: &[libc::iovec]) -> io::Result<usize> {
+    if let [one] = iov {
+        // One buffer: write(2) spares the kernel importing an iovec array.
+        // SAFETY: the buffer is valid for reads of `iov_len` bytes by this
+        // function's contract.
+        let n = unsafe { libc::write(file.as_raw_fd(), one.iov_base, one.iov_len) };
+        return if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        };
+    }
     let cnt =
         libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: the pointer and count describe the `iov` slice; the memory the
