@@ -421,13 +421,12 @@ impl QueuePair {
         }
         let table = GuestAddress(queue.desc_table());
         let size = queue.size();
-        let mut used_any = false;
-        let mut done = 0;
         let mut chain = std::mem::take(&mut self.chains).pop().unwrap_or_default();
-        let outcome = loop {
-            if done >= BUDGET {
-                break RxOutcome::MoreWork;
-            }
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        let mut done = 0;
+        let outcome = 'batch: loop {
+            let used = UsedRing::of(queue);
+            // One avail-index read per pass, not per chain.
             let mut iter = match queue.iter(mem) {
                 Ok(iter) => iter,
                 Err(e) => {
@@ -435,76 +434,85 @@ impl QueuePair {
                     break RxOutcome::Idle;
                 }
             };
-            let Some(dc) = iter.next() else {
-                let _ = iter;
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break RxOutcome::Idle,
-                    Err(e) => {
-                        self.break_tx(&format!("cannot enable notifications: {e}"));
-                        break RxOutcome::Idle;
-                    }
-                }
-            };
-            if let Err(e) = chain::walk(
-                mem,
-                table,
-                size,
-                dc.head_index(),
-                Direction::Readable,
-                &mut chain,
-            ) {
-                let _ = iter;
-                self.break_tx(&e.to_string());
-                break RxOutcome::Idle;
-            }
-            let total = chain.total_len as usize;
-            let verdict = if total < neg.hdr_len + MIN_FRAME {
-                Some(&self.counters.tx_dropped_too_short)
-            } else if total > neg.hdr_len + MAX_FRAME {
-                Some(&self.counters.tx_dropped_too_big)
-            } else {
-                None
-            };
-            let result = match verdict {
-                Some(counter) => {
-                    QueueCounters::add(counter, 1);
-                    log::debug!(
-                        "tx: queue {}: dropped a {total}-byte chain (invalid length)",
-                        self.index
-                    );
-                    Ok(())
-                }
-                None => self.write_chain(mem, &chain, neg),
-            };
-            match result {
-                Ok(()) => {}
-                Err(TxError::Full) => {
+            for dc in iter.by_ref() {
+                if done >= BUDGET {
                     iter.go_to_previous_position();
-                    self.tx_blocked = true;
-                    QueueCounters::add(&self.counters.tx_tap_full, 1);
-                    break RxOutcome::Idle;
+                    break 'batch RxOutcome::MoreWork;
                 }
-                Err(TxError::Broken(why)) => {
-                    let _ = iter;
-                    self.break_tx(&why);
-                    break RxOutcome::Idle;
+                if let Err(e) = chain::walk(
+                    mem,
+                    table,
+                    size,
+                    dc.head_index(),
+                    Direction::Readable,
+                    &mut chain,
+                ) {
+                    self.break_tx(&e.to_string());
+                    break 'batch RxOutcome::Idle;
                 }
+                let total = chain.total_len as usize;
+                let invalid = if total < neg.hdr_len + MIN_FRAME {
+                    Some(&self.counters.tx_dropped_too_short)
+                } else if total > neg.hdr_len + MAX_FRAME {
+                    Some(&self.counters.tx_dropped_too_big)
+                } else {
+                    None
+                };
+                match invalid {
+                    Some(counter) => {
+                        QueueCounters::add(counter, 1);
+                        log::debug!(
+                            "tx: queue {}: dropped a {total}-byte chain (invalid length)",
+                            self.index
+                        );
+                    }
+                    None => match self.write_chain(mem, &chain) {
+                        Ok(true) => {
+                            frames += 1;
+                            bytes += (total - neg.hdr_len) as u64;
+                        }
+                        Ok(false) => {}
+                        Err(TxError::Full) => {
+                            // The chain stays in the guest's ring; EPOLLOUT resumes.
+                            iter.go_to_previous_position();
+                            self.tx_blocked = true;
+                            QueueCounters::add(&self.counters.tx_tap_full, 1);
+                            break 'batch RxOutcome::Idle;
+                        }
+                        Err(TxError::Broken(why)) => {
+                            self.break_tx(&why);
+                            break 'batch RxOutcome::Idle;
+                        }
+                    },
+                }
+                if let Err(e) = self.tx_used.push(&used, mem, chain.head, 0) {
+                    self.break_tx(&e);
+                    break 'batch RxOutcome::Idle;
+                }
+                done += 1;
             }
-            let _ = iter;
-            if let Err(e) = self.tx_used.push(queue, mem, chain.head, 0) {
+            // The ring looked empty: publish, ask for a kick, look once more.
+            if let Err(e) = self.tx_used.publish(queue, mem) {
                 self.break_tx(&e);
                 break RxOutcome::Idle;
             }
-            used_any = true;
-            done += 1;
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break RxOutcome::Idle,
+                Err(e) => {
+                    self.break_tx(&format!("cannot enable notifications: {e}"));
+                    break RxOutcome::Idle;
+                }
+            }
         };
         self.chains.push(chain);
+        let c = &*self.counters;
+        QueueCounters::add(&c.tx_frames, frames);
+        QueueCounters::add(&c.tx_bytes, bytes);
         // One used-index update for the whole batch.
         if let Err(e) = self.tx_used.publish(queue, mem) {
             self.break_tx(&e);
         }
-        let _ = used_any;
         let signal = match self.tx_used.needs_notification(queue, mem) {
             Ok(s) => s,
             Err(e) => {
@@ -515,13 +523,9 @@ impl QueuePair {
         (outcome, signal)
     }
 
-    /// `writev` one checked chain straight from guest memory.
-    fn write_chain(
-        &mut self,
-        mem: &GuestMemoryMmap<()>,
-        chain: &Chain,
-        neg: Negotiated,
-    ) -> Result<(), TxError> {
+    /// `writev` one checked chain straight from guest memory. `Ok(false)`:
+    /// the TAP refused the frame for good (counted as `tx_dropped_tap_error`).
+    fn write_chain(&mut self, mem: &GuestMemoryMmap<()>, chain: &Chain) -> Result<bool, TxError> {
         self.iov.0.clear();
         for seg in &chain.segments {
             for s in mem.get_slices(seg.addr, seg.len as usize) {
@@ -550,24 +554,34 @@ impl QueuePair {
             let r = unsafe { q.writev_raw(&self.iov.0) };
             self.iov.0.clear();
             return match r {
-                Ok(_) => {
-                    let c = &*self.counters;
-                    QueueCounters::add(&c.tx_frames, 1);
-                    QueueCounters::add(
-                        &c.tx_bytes,
-                        (chain.total_len as usize - neg.hdr_len) as u64,
-                    );
-                    Ok(())
-                }
+                Ok(_) => Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TxError::Full),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(TxError::Full),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     QueueCounters::add(&self.counters.tx_dropped_tap_error, 1);
                     log::debug!("tx: queue {}: the TAP refused a frame: {e}", self.index);
-                    Ok(())
+                    Ok(false)
                 }
             };
+        }
+    }
+}
+
+/// Where a queue's used ring is, and its next used index: a snapshot taken
+/// before borrowing the queue for its avail iterator.
+struct UsedRing {
+    addr: u64,
+    size: u16,
+    next_used: u16,
+}
+
+impl UsedRing {
+    fn of(queue: &Queue) -> UsedRing {
+        UsedRing {
+            addr: queue.used_ring(),
+            size: queue.size(),
+            next_used: queue.next_used(),
         }
     }
 }
@@ -587,20 +601,20 @@ impl UsedBatch {
     /// Write one used element `{id: head, len}` after those already pending.
     fn push(
         &mut self,
-        queue: &Queue,
+        ring: &UsedRing,
         mem: &GuestMemoryMmap<()>,
         head: u16,
         len: u32,
     ) -> Result<(), String> {
-        let size = queue.size();
+        let size = ring.size;
         if size == 0 || self.pending >= size {
             return Err(format!(
                 "more used entries pending ({}) than the queue holds ({size})",
                 self.pending
             ));
         }
-        let slot = queue.next_used().wrapping_add(self.pending) % size;
-        let at = GuestAddress(queue.used_ring())
+        let slot = ring.next_used.wrapping_add(self.pending) % size;
+        let at = GuestAddress(ring.addr)
             .checked_add(4 + 8 * u64::from(slot))
             .ok_or_else(|| "used ring address overflows".to_string())?;
         let elem = (u64::from(len) << 32 | u64::from(head)).to_le();
@@ -741,6 +755,7 @@ fn deliver(
     let len = frame.len();
     let table = GuestAddress(queue.desc_table());
     let size = queue.size();
+    let ring = UsedRing::of(queue);
     let mut taken = 0usize;
     let mut capacity = 0usize;
     {
@@ -792,7 +807,7 @@ fn deliver(
                 .map_err(|e| format!("write to guest buffer failed: {e}"))?;
             off += n;
         }
-        used.push(queue, mem, c.head, (off - start) as u32)?;
+        used.push(&ring, mem, c.head, (off - start) as u32)?;
     }
     Ok(Delivery::Done)
 }
