@@ -9,6 +9,10 @@
 #                          connecting to it                 [VT_SOCK_SERVER=1]
 #       --reconnect MS     chardev reconnect-ms=MS (client) [VT_RECONNECT_MS]
 #       --no-net           no NIC at all (boot test)        [VT_NO_NET=1]
+#       --reboot           let a guest reboot (`reboot -f`) restart it in the
+#                          same QEMU, without -no-reboot; a kernel panic then
+#                          reboots too, and fw_cfg's script runs again
+#                          [VT_REBOOT=1]
 #   -m, --mac MAC          guest MAC (52:54:00:12:34:56)    [VT_MAC]
 #   -q, --queues N         queue pairs (1); the NIC gets mq=on,vectors=2N+2
 #                          [VT_QUEUES]
@@ -45,6 +49,7 @@ SOCK=${VT_SOCK:-}
 SERVER=${VT_SOCK_SERVER:-0}
 RECONNECT=${VT_RECONNECT_MS:-}
 NO_NET=${VT_NO_NET:-0}
+REBOOT=${VT_REBOOT:-0}
 MAC=${VT_MAC:-52:54:00:12:34:56}
 QUEUES=${VT_QUEUES:-1}
 DEV_OPTS=${VT_DEV_OPTS:-}
@@ -70,6 +75,7 @@ while [ $# -gt 0 ]; do
 	--server) SERVER=1 ;;
 	--reconnect) need "$@"; RECONNECT=$2; shift ;;
 	--no-net) NO_NET=1 ;;
+	--reboot) REBOOT=1 ;;
 	-m | --mac) need "$@"; MAC=$2; shift ;;
 	-q | --queues) need "$@"; QUEUES=$2; shift ;;
 	-d | --dev-opts) need "$@"; DEV_OPTS=$2; shift ;;
@@ -131,8 +137,10 @@ ARGS=(
 	-kernel "$IMAGE_DIR/vmlinuz"
 	-initrd "$IMAGE_DIR/initramfs.cpio.gz"
 	-append "$CMDLINE"
-	-nographic -nodefaults -no-reboot
+	-nographic -nodefaults
 )
+# -no-reboot: a guest reboot (or a panic, with panic=-1) ends QEMU.
+[ "$REBOOT" = 1 ] || ARGS+=(-no-reboot)
 # -nodefaults drops the default NIC and VGA; the serial port comes back here.
 if [ -n "$LOG" ]; then
 	ARGS+=(-serial "file:$LOG" -monitor none)

@@ -7,9 +7,13 @@ pub mod slowguest;
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -91,6 +95,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: PathBuf,
     pub dir: TempDir,
+    /// The extra command-line options it was started with (kept for `restart`).
+    pub extra: Vec<String>,
 }
 
 /// The daemon binary built beside this test binary (target/<profile>/vhost-tap).
@@ -115,24 +121,91 @@ impl Daemon {
         let tap = unique("vte");
         let socket = dir.0.join("vhost.sock");
         let log = dir.0.join("daemon.log");
-        let child = Command::new(daemon_binary())
-            .args(["--socket", socket.to_str().unwrap(), "--tap", &tap])
-            .args(extra)
-            .env("RUST_LOG", "info,vhost_tap=debug")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn vhost-tap");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(&socket, &tap, &extra, &log);
         let d = Daemon {
             child,
             tap,
             socket,
             log,
             dir,
+            extra,
         };
         let up = wait_for(Duration::from_secs(10), || d.socket.exists().then_some(()));
         assert!(up.is_some(), "daemon did not listen:\n{}", d.log_text());
         d
+    }
+
+    fn spawn(socket: &Path, tap: &str, extra: &[String], log: &Path) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        Command::new(daemon_binary())
+            .args(["--socket", socket.to_str().unwrap(), "--tap", tap])
+            .args(extra)
+            .env("RUST_LOG", "info,vhost_tap=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn vhost-tap")
+    }
+
+    /// Stop the daemon (SIGTERM by PID, as an operator would) and start a
+    /// new one on the same socket, TAP name and options. The log continues
+    /// in the same file. The old daemon removes the TAP it created, the new
+    /// one creates it again: host addresses must be added again.
+    pub fn restart(&mut self) -> Option<std::process::ExitStatus> {
+        let st = stop(&mut self.child, Duration::from_secs(10));
+        // SIGTERM removes the socket; a SIGKILLed daemon would leave it.
+        let _ = fs::remove_file(&self.socket);
+        self.child = Self::spawn(&self.socket, &self.tap, &self.extra, &self.log);
+        let up = wait_for(Duration::from_secs(10), || {
+            self.socket.exists().then_some(())
+        });
+        assert!(up.is_some(), "restarted daemon did not listen");
+        st
+    }
+
+    /// The features the frontend acked last (`guest acked features 0x..` in the log).
+    pub fn acked_features(&self) -> Option<u64> {
+        let log = self.log_text();
+        let i = log.rfind("guest acked features 0x")?;
+        let hex = log[i + "guest acked features 0x".len()..]
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .next()?;
+        u64::from_str_radix(hex, 16).ok()
+    }
+
+    /// Put `addr` (ADDR/PFX) on the TAP, with IPv6 enabled on it.
+    ///
+    /// Panics if another interface holds an address in that prefix (a
+    /// leftover from an interrupted run would take the route).
+    pub fn add_host_ip(&self, addr: &str) {
+        let other = sh(&format!("ip -o addr show to {addr}"));
+        assert!(
+            other.trim().is_empty(),
+            "{addr} overlaps an address already on this host (leftover TAP?): {other}"
+        );
+        sh(&format!(
+            "sysctl -qw net.ipv6.conf.{}.disable_ipv6=0",
+            self.tap
+        ));
+        sh(&format!("ip addr add {addr} dev {}", self.tap));
+    }
+
+    /// The TAP's MAC address.
+    pub fn tap_mac(&self) -> String {
+        fs::read_to_string(format!("/sys/class/net/{}/address", self.tap))
+            .expect("TAP address")
+            .trim()
+            .to_string()
+    }
+
+    /// A counter of the TAP from /sys/class/net/TAP/statistics (0 if absent).
+    pub fn tap_stat(&self, name: &str) -> u64 {
+        tap_stat(&self.tap, name)
     }
 
     pub fn log_text(&self) -> String {
@@ -163,10 +236,12 @@ impl Daemon {
 pub fn parse_counters(log: &str) -> Vec<HashMap<String, u64>> {
     let start = log.rfind("counters:").unwrap_or(0);
     let mut out: Vec<HashMap<String, u64>> = Vec::new();
-    for line in log[start..].lines() {
+    // The report's lines follow the `counters:` line; stop at the first
+    // other line (a later disconnect prints its own block).
+    for line in log[start..].lines().skip(1) {
         let line = line.trim();
         if !line.starts_with("device=") {
-            continue;
+            break;
         }
         let mut m = HashMap::new();
         for kv in line.split_whitespace() {
@@ -190,6 +265,14 @@ pub fn daemon_drops(c: &[HashMap<String, u64>]) -> u64 {
         .sum()
 }
 
+/// A counter from /sys/class/net/DEV/statistics (0 if absent).
+pub fn tap_stat(dev: &str, name: &str) -> u64 {
+    fs::read_to_string(format!("/sys/class/net/{dev}/statistics/{name}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         stop(&mut self.child, Duration::from_secs(5));
@@ -211,6 +294,11 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// QEMU's PID.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// Boot against `socket` running `script` (shell text) in the guest.
     pub fn boot(socket: &Path, script: &str, args: &[&str]) -> Guest {
         let dir = TempDir::new("g");
@@ -259,6 +347,65 @@ impl Guest {
         .is_some()
     }
 
+    /// Console lines that contain the word `key` followed by a space or the
+    /// end of the line (escape sequences of the firmware may precede it);
+    /// the rest of each line, trimmed.
+    pub fn markers(&self, key: &str) -> Vec<String> {
+        self.console_text()
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_end_matches('\r');
+                let i = l.find(key)?;
+                let rest = &l[i + key.len()..];
+                let word_start =
+                    i == 0 || !l[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '-');
+                (word_start && (rest.is_empty() || rest.starts_with(' ')))
+                    .then(|| rest.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// Whether a console line starts with `text`.
+    pub fn has_line(&self, text: &str) -> bool {
+        self.console_text()
+            .lines()
+            .any(|l| l.trim_start_matches('\r').starts_with(text))
+    }
+
+    /// The last `key ...` marker line (its rest), once the console shows one.
+    pub fn wait_marker(&self, key: &str, timeout: Duration) -> Option<String> {
+        wait_for(timeout, || self.markers(key).pop())
+    }
+
+    /// Like `wait_marker`, panicking with `what` on timeout or when the
+    /// guest script ended first.
+    pub fn expect_marker(&self, key: &str, timeout: Duration, what: &str) -> String {
+        let v = wait_for(timeout, || {
+            if let Some(v) = self.markers(key).pop() {
+                return Some(Ok(v));
+            }
+            let t = self.console_text();
+            (t.contains("VT-GUEST: exit=") || !self.alive()).then_some(Err(()))
+        });
+        match v {
+            Some(Ok(v)) => v,
+            Some(Err(())) => panic!("{what}: the guest script ended without `{key}`"),
+            None => panic!("{what}: no `{key}` on the guest console after {timeout:?}"),
+        }
+    }
+
+    /// Wait for the test script to end and return its exit status.
+    pub fn wait_script(&self, timeout: Duration) -> Option<i32> {
+        let v = wait_for(timeout, || {
+            let m = self.markers("VT-GUEST:");
+            m.iter().rev().find_map(|l| {
+                l.strip_prefix("exit=")
+                    .map(|s| s.trim().parse().unwrap_or(-1))
+            })
+        });
+        v
+    }
+
     pub fn alive(&self) -> bool {
         // SAFETY: signal 0 only checks that the PID exists.
         unsafe { libc::kill(self.pid, 0) == 0 }
@@ -288,6 +435,311 @@ impl Drop for Guest {
         }
         if std::thread::panicking() {
             eprintln!("---- guest console ----\n{}", self.console_text());
+        }
+    }
+}
+
+/// One QEMU guest at a time in a test binary: a TCG guest keeps both of the
+/// machine's cores busy, two at once would only make both slow (and their
+/// timings meaningless). Take it first in a test, so that it is released
+/// after the guards. A test that failed holding it does not stop the others.
+pub fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bytes of a virtio-net feature bit string (/sys/class/net/eth0/device/features
+/// in the guest: one '0'/'1' per bit, bit 0 first) as a u64.
+pub fn feature_bits(s: &str) -> u64 {
+    s.trim()
+        .bytes()
+        .take(64)
+        .enumerate()
+        .filter(|(_, b)| *b == b'1')
+        .fold(0, |acc, (i, _)| acc | (1u64 << i))
+}
+
+/// virtio-net feature bits used by the tests.
+pub mod vnet {
+    pub const CSUM: u64 = 1 << 0;
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    pub const HOST_TSO4: u64 = 1 << 11;
+    pub const HOST_TSO6: u64 = 1 << 12;
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    pub const MQ: u64 = 1 << 22;
+    pub const EVENT_IDX: u64 = 1 << 29;
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// Accept one connection, giving up after `timeout`.
+pub fn accept_timeout(l: &TcpListener, timeout: Duration) -> std::io::Result<TcpStream> {
+    l.set_nonblocking(true)?;
+    let end = Instant::now() + timeout;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= end {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no connection",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What one side of a TCP transfer saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    pub bytes: u64,
+    /// From accept to the last byte (sink) or to the close (source).
+    pub time: Duration,
+}
+
+impl Transfer {
+    pub fn mbit_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.time.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// A thread that accepts one connection on `l` (within `timeout`), reads it
+/// to EOF into `file` (the peer's data, for a checksum), then closes.
+pub fn tcp_sink(
+    l: TcpListener,
+    file: PathBuf,
+    timeout: Duration,
+) -> JoinHandle<std::io::Result<Transfer>> {
+    std::thread::spawn(move || {
+        let mut s = accept_timeout(&l, timeout)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let t0 = Instant::now();
+        let mut f = std::io::BufWriter::new(fs::File::create(&file)?);
+        let bytes = std::io::copy(&mut s, &mut f)?;
+        let time = t0.elapsed();
+        f.flush()?;
+        Ok(Transfer { bytes, time })
+    })
+}
+
+/// A thread that accepts `conns` connections on `l` (each within `timeout`)
+/// and sends each the whole of `file`, then closes it. The peer's data is
+/// read and discarded.
+pub fn tcp_source(
+    l: TcpListener,
+    file: PathBuf,
+    conns: usize,
+    timeout: Duration,
+) -> JoinHandle<std::io::Result<Transfer>> {
+    std::thread::spawn(move || {
+        let mut senders = Vec::new();
+        let t0 = Instant::now();
+        for _ in 0..conns {
+            let mut s = accept_timeout(&l, timeout)?;
+            let file = file.clone();
+            senders.push(std::thread::spawn(move || -> std::io::Result<u64> {
+                s.set_write_timeout(Some(Duration::from_secs(60)))?;
+                let mut f = fs::File::open(&file)?;
+                let n = std::io::copy(&mut f, &mut s)?;
+                s.shutdown(std::net::Shutdown::Write)?;
+                // Wait for the peer's close (it has read everything).
+                s.set_read_timeout(Some(Duration::from_secs(60)))?;
+                let mut sink = [0u8; 4096];
+                while s.read(&mut sink)? > 0 {}
+                Ok(n)
+            }));
+        }
+        let mut bytes = 0;
+        for h in senders {
+            bytes += h.join().expect("sender thread")?;
+        }
+        Ok(Transfer {
+            bytes,
+            time: t0.elapsed(),
+        })
+    })
+}
+
+/// A file of `bytes` random bytes.
+pub fn random_file(path: &Path, bytes: u64) {
+    sh(&format!(
+        "head -c {bytes} /dev/urandom > {}",
+        path.display()
+    ));
+}
+
+/// The md5sum of a file (the guest's busybox has md5sum too).
+pub fn md5_file(path: &Path) -> String {
+    sh(&format!("md5sum < {}", path.display()))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Shell functions for guest scripts: `up` (uptime in seconds),
+/// `send_file HOST PORT FILE` and `recv_file HOST PORT FILE`, which print
+/// `<TAG>-MD5 <md5>` and `<TAG>-TIME <seconds>` markers; `tcp_both_ways HOST
+/// PORT_TX PORT_RX BYTES [PAUSE_PORT]` generates BYTES random bytes, sends
+/// them to the host (`GTX-MD5`, `GTX-TIME`), with PAUSE_PORT waits for the
+/// host to connect there (`GTX-PAUSE`), then receives the host's file
+/// (`GRX-MD5`, `GRX-BYTES`, `GRX-TIME`).
+pub const GUEST_FUNCS: &str = r#"
+up() { cut -d' ' -f1 /proc/uptime; }
+send_file() {
+	t0=$(up)
+	timeout 150 nc "$1" "$2" < "$3" || echo "GUEST-NC-FAILED send $?"
+	echo "GTX-TIME $(echo "$(up) $t0" | awk '{print $1 - $2}')"
+}
+recv_file() {
+	t0=$(up)
+	timeout 150 nc "$1" "$2" < /dev/null > "$3" || echo "GUEST-NC-FAILED recv $?"
+	echo "GRX-TIME $(echo "$(up) $t0" | awk '{print $1 - $2}')"
+	echo "GRX-BYTES $(wc -c < "$3")"
+	echo "GRX-MD5 $(md5sum < "$3" | cut -d' ' -f1)"
+}
+tcp_both_ways() {
+	head -c "$4" /dev/urandom > /tmp/gtx
+	echo "GTX-MD5 $(md5sum < /tmp/gtx | cut -d' ' -f1)"
+	send_file "$1" "$2" /tmp/gtx
+	rm -f /tmp/gtx
+	if [ -n "$5" ]; then
+		echo GTX-PAUSE
+		timeout 120 nc -l -p "$5" </dev/null
+	fi
+	recv_file "$1" "$3" /tmp/grx
+	rm -f /tmp/grx
+}
+"#;
+
+/// The host side of `tcp_both_ways`: listeners on `host_ip`, a random file
+/// for the guest; `finish` checks both checksums against the guest's markers.
+pub struct TcpBothWays {
+    pub port_tx: u16,
+    pub port_rx: u16,
+    sink: Option<JoinHandle<std::io::Result<Transfer>>>,
+    source: Option<JoinHandle<std::io::Result<Transfer>>>,
+    received: PathBuf,
+    sent_md5: String,
+    pub bytes: u64,
+    /// (guest address, port): the guest waits there between the directions.
+    pause: Option<(String, u16)>,
+    _dir: TempDir,
+}
+
+/// Throughputs measured by `TcpBothWays::finish`.
+#[derive(Debug, Clone, Copy)]
+pub struct BothWays {
+    /// Guest → host, measured by the host's sink (accept to EOF).
+    pub to_host: Transfer,
+    /// Host → guest, measured in the guest (nc start to end).
+    pub to_guest: Transfer,
+}
+
+impl TcpBothWays {
+    pub fn listen(host_ip: &str, bytes: u64, timeout: Duration) -> TcpBothWays {
+        let dir = TempDir::new("t");
+        let lt = TcpListener::bind((host_ip, 0)).expect("bind");
+        let lr = TcpListener::bind((host_ip, 0)).expect("bind");
+        let port_tx = lt.local_addr().unwrap().port();
+        let port_rx = lr.local_addr().unwrap().port();
+        let to_send = dir.0.join("to-guest");
+        random_file(&to_send, bytes);
+        let sent_md5 = md5_file(&to_send);
+        let received = dir.0.join("from-guest");
+        let sink = tcp_sink(lt, received.clone(), timeout);
+        let source = tcp_source(lr, to_send, 1, timeout);
+        TcpBothWays {
+            port_tx,
+            port_rx,
+            sink: Some(sink),
+            source: Some(source),
+            received,
+            sent_md5,
+            bytes,
+            pause: None,
+            _dir: dir,
+        }
+    }
+
+    /// Make the guest wait between the two directions until the host
+    /// connects to `guest_ip:port`: `finish` runs its `between` callback
+    /// there (e.g. to read the daemon's counters per direction).
+    pub fn pause_at(mut self, guest_ip: &str, port: u16) -> TcpBothWays {
+        self.pause = Some((guest_ip.to_string(), port));
+        self
+    }
+
+    /// The guest's command line.
+    pub fn guest_cmd(&self, host_ip: &str) -> String {
+        let pause = self
+            .pause
+            .as_ref()
+            .map(|p| p.1.to_string())
+            .unwrap_or_default();
+        format!(
+            "tcp_both_ways {host_ip} {} {} {} {pause}",
+            self.port_tx, self.port_rx, self.bytes
+        )
+    }
+
+    /// Wait for both transfers and compare the checksums.
+    pub fn finish(&mut self, g: &Guest, timeout: Duration) -> BothWays {
+        self.finish_with(g, timeout, || {})
+    }
+
+    /// `finish`, calling `between` after guest → host and before host → guest
+    /// (with `pause_at`, while the guest waits).
+    pub fn finish_with(
+        &mut self,
+        g: &Guest,
+        timeout: Duration,
+        between: impl FnOnce(),
+    ) -> BothWays {
+        let tx_md5 = g.expect_marker("GTX-MD5", timeout, "guest data");
+        let to_host = self
+            .sink
+            .take()
+            .unwrap()
+            .join()
+            .expect("sink thread")
+            .expect("guest → host transfer");
+        assert_eq!(to_host.bytes, self.bytes, "guest → host: bytes received");
+        assert_eq!(
+            md5_file(&self.received),
+            tx_md5,
+            "guest → host: checksum differs"
+        );
+        if let Some((ip, port)) = &self.pause {
+            g.expect_marker("GTX-PAUSE", timeout, "guest pause");
+            between();
+            let s = wait_for(Duration::from_secs(30), || {
+                TcpStream::connect((ip.as_str(), *port)).ok()
+            });
+            assert!(s.is_some(), "cannot reach the guest's pause port {port}");
+        } else {
+            between();
+        }
+        let rx_md5 = g.expect_marker("GRX-MD5", timeout, "host → guest transfer");
+        let _ = self.source.take().unwrap().join().expect("source thread");
+        let rx_bytes: u64 = g.markers("GRX-BYTES").pop().unwrap().parse().unwrap();
+        assert_eq!(rx_bytes, self.bytes, "host → guest: bytes received");
+        assert_eq!(rx_md5, self.sent_md5, "host → guest: checksum differs");
+        let secs: f64 = g.markers("GRX-TIME").pop().unwrap().parse().unwrap();
+        BothWays {
+            to_host,
+            to_guest: Transfer {
+                bytes: rx_bytes,
+                time: Duration::from_secs_f64(secs.max(0.001)),
+            },
         }
     }
 }

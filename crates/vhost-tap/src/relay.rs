@@ -33,6 +33,8 @@ use log::{debug, warn};
 const SET_FEATURES: u32 = 2;
 const SET_PROTOCOL_FEATURES: u32 = 16;
 const SET_VRING_ENABLE: u32 = 18;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_CALL: u32 = 13;
 const RESET_OWNER: u32 = 4;
 /// Header flags.
 const VERSION_1: u32 = 0x1;
@@ -246,6 +248,24 @@ pub struct Filter {
     reply_ack: bool,
     /// vring index → enable, as last requested before SET_FEATURES.
     early_enables: BTreeMap<u32, u32>,
+    /// Held enables whose vring has had its SET_VRING_KICK since SET_FEATURES.
+    kicked: BTreeMap<u32, bool>,
+}
+
+/// The vring index in the u64 payload of SET_VRING_KICK/CALL (low byte).
+fn vring_of_fd_message(m: &Message) -> Option<u32> {
+    m.u64_payload().map(|v| (v & 0xff) as u32)
+}
+
+fn enable_message(index: u32, num: u32) -> Message {
+    let mut payload = index.to_le_bytes().to_vec();
+    payload.extend_from_slice(&num.to_le_bytes());
+    Message {
+        request: SET_VRING_ENABLE,
+        flags: VERSION_1,
+        payload,
+        fds: Vec::new(),
+    }
 }
 
 /// What to do with one frontend message.
@@ -291,24 +311,52 @@ impl Filter {
             SET_FEATURES => {
                 let features = m.u64_payload().unwrap_or(0);
                 self.protocol_features_acked = features & PROTOCOL_FEATURES != 0;
-                let held = std::mem::take(&mut self.early_enables);
-                if !self.protocol_features_acked || held.is_empty() {
+                if !self.protocol_features_acked {
+                    // Rings start enabled without PROTOCOL_FEATURES.
+                    self.early_enables.clear();
+                }
+                self.kicked.clear();
+                Action::Forward(m)
+            }
+            // A held enable is replayed once its vring is fully set up: after
+            // its SET_VRING_KICK *and* a SET_VRING_CALL that follows it.
+            // Replaying earlier would let the worker start on the vring and
+            // interrupt the guest through a call fd QEMU is about to replace
+            // (QEMU sends KICK, then the final CALL), losing that interrupt;
+            // with EVENT_IDX the guest would then wait forever.
+            SET_VRING_KICK if self.protocol_features_acked => {
+                if let Some(i) = vring_of_fd_message(&m) {
+                    if self.early_enables.contains_key(&i) {
+                        self.kicked.insert(i, true);
+                    }
+                }
+                Action::Forward(m)
+            }
+            SET_VRING_CALL if self.protocol_features_acked => {
+                let Some(i) = vring_of_fd_message(&m) else {
+                    return Action::Forward(m);
+                };
+                if self.kicked.remove(&i).is_none() {
                     return Action::Forward(m);
                 }
-                let replay = held
-                    .into_iter()
-                    .map(|(index, num)| {
-                        let mut payload = index.to_le_bytes().to_vec();
-                        payload.extend_from_slice(&num.to_le_bytes());
-                        Message {
-                            request: SET_VRING_ENABLE,
-                            flags: VERSION_1,
-                            payload,
-                            fds: Vec::new(),
-                        }
-                    })
-                    .collect();
-                Action::ForwardThen(m, replay)
+                match self.early_enables.remove(&i) {
+                    Some(num) => {
+                        debug!(
+                            "relay: vring {i} set up: replaying its early SET_VRING_ENABLE({num})"
+                        );
+                        Action::ForwardThen(m, vec![enable_message(i, num)])
+                    }
+                    None => Action::Forward(m),
+                }
+            }
+            // The frontend's own enable supersedes a held one.
+            SET_VRING_ENABLE => {
+                if let Some(i) = m.payload.get(0..4).and_then(|b| b.try_into().ok()) {
+                    let i = u32::from_le_bytes(i);
+                    self.early_enables.remove(&i);
+                    self.kicked.remove(&i);
+                }
+                Action::Forward(m)
             }
             _ => Action::Forward(m),
         }
@@ -426,18 +474,45 @@ mod tests {
             VERSION_1,
             (PROTOCOL_FEATURES | 1 << 32).to_le_bytes().to_vec(),
         );
-        match f.on_request(sf) {
+        assert!(matches!(f.on_request(sf), Action::Forward(_)));
+        // QEMU's order per vring: an early CALL, then KICK, then the final CALL.
+        let fdmsg = |req: u32, i: u64| msg(req, VERSION_1, i.to_le_bytes().to_vec());
+        assert!(matches!(
+            f.on_request(fdmsg(SET_VRING_CALL, 0)),
+            Action::Forward(_)
+        ));
+        assert!(matches!(
+            f.on_request(fdmsg(SET_VRING_KICK, 0)),
+            Action::Forward(_)
+        ));
+        match f.on_request(fdmsg(SET_VRING_CALL, 0)) {
             Action::ForwardThen(m, replay) => {
-                assert_eq!(m.request, SET_FEATURES);
-                let got: Vec<(u32, u8)> =
-                    replay.iter().map(|r| (r.request, r.payload[0])).collect();
-                assert_eq!(got, vec![(SET_VRING_ENABLE, 0), (SET_VRING_ENABLE, 1)]);
-                // The last request for vring 1 wins, and no replay asks for a reply.
-                assert_eq!(replay[1].payload[4], 1);
-                assert!(replay.iter().all(|r| r.flags & NEED_REPLY == 0));
+                assert_eq!(m.request, SET_VRING_CALL);
+                assert_eq!(replay.len(), 1);
+                assert_eq!(replay[0].request, SET_VRING_ENABLE);
+                assert_eq!(replay[0].payload, [0, 0, 0, 0, 1, 0, 0, 0]);
+                assert_eq!(
+                    replay[0].flags & NEED_REPLY,
+                    0,
+                    "a replay must not ask for a reply"
+                );
             }
-            other => panic!("expected forward + replay, got {other:?}"),
+            other => panic!("expected the replay after vring 0's final CALL, got {other:?}"),
         }
+        assert!(matches!(
+            f.on_request(fdmsg(SET_VRING_KICK, 1)),
+            Action::Forward(_)
+        ));
+        match f.on_request(fdmsg(SET_VRING_CALL, 1)) {
+            // The last early request for vring 1 (enable) wins.
+            Action::ForwardThen(_, replay) => assert_eq!(replay[0].payload[0..5], [1, 0, 0, 0, 1]),
+            other => panic!("expected the replay for vring 1, got {other:?}"),
+        }
+        // Replayed once only.
+        assert!(matches!(
+            f.on_request(fdmsg(SET_VRING_CALL, 1)),
+            Action::Forward(_)
+        ));
         // After SET_FEATURES, enables pass through.
         assert!(matches!(
             f.on_request(enable(0, 1, VERSION_1)),
