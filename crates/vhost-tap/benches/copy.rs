@@ -33,7 +33,8 @@ fn desc(mem: &GuestMemoryMmap<()>, i: u16, addr: u64, len: u32, flags: u16, next
     d[8..12].copy_from_slice(&len.to_le_bytes());
     d[12..14].copy_from_slice(&flags.to_le_bytes());
     d[14..16].copy_from_slice(&next.to_le_bytes());
-    mem.write_slice(&d, GuestAddress(TABLE + 16 * u64::from(i))).unwrap();
+    mem.write_slice(&d, GuestAddress(TABLE + 16 * u64::from(i)))
+        .unwrap();
 }
 
 #[divan::bench]
@@ -42,7 +43,15 @@ fn walk_rx_chain_1_desc(b: Bencher) {
     desc(&mem, 0, DATA, 2048, 2, 0); // WRITE
     let mut c = Chain::default();
     b.bench_local(|| {
-        chain::walk(&mem, GuestAddress(TABLE), QSIZE, 0, Direction::Writable, &mut c).unwrap();
+        chain::walk(
+            &mem,
+            GuestAddress(TABLE),
+            QSIZE,
+            0,
+            Direction::Writable,
+            &mut c,
+        )
+        .unwrap();
         black_box(c.total_len)
     });
 }
@@ -54,7 +63,15 @@ fn walk_tx_chain_2_descs(b: Bencher) {
     desc(&mem, 1, DATA + 12, 64, 0, 0);
     let mut c = Chain::default();
     b.bench_local(|| {
-        chain::walk(&mem, GuestAddress(TABLE), QSIZE, 0, Direction::Readable, &mut c).unwrap();
+        chain::walk(
+            &mem,
+            GuestAddress(TABLE),
+            QSIZE,
+            0,
+            Direction::Readable,
+            &mut c,
+        )
+        .unwrap();
         black_box(c.total_len)
     });
 }
@@ -77,7 +94,10 @@ fn rx_copy_write_slice(b: Bencher, len: usize) {
 #[divan::bench(args = [64, 1514, 65536])]
 fn tx_iovecs_get_slices(b: Bencher, len: usize) {
     let mem = memory();
-    let segs = [(GuestAddress(DATA), 12usize), (GuestAddress(DATA + 12), len)];
+    let segs = [
+        (GuestAddress(DATA), 12usize),
+        (GuestAddress(DATA + 12), len),
+    ];
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
     b.bench_local(|| {
         iov.clear();
@@ -101,8 +121,10 @@ fn rx_copy_write_slice_hot(b: Bencher, len: usize) {
     let mem = memory();
     let frame = vec![0x41u8; len];
     mem.write_slice(&frame, GuestAddress(DATA)).unwrap();
-    b.counter(BytesCount::new(len))
-        .bench_local(|| mem.write_slice(black_box(&frame), GuestAddress(DATA)).unwrap());
+    b.counter(BytesCount::new(len)).bench_local(|| {
+        mem.write_slice(black_box(&frame), GuestAddress(DATA))
+            .unwrap()
+    });
 }
 
 #[divan::bench(args = [76, 1526, 65548])]

@@ -486,7 +486,9 @@ fn big_frame_waits_for_enough_mergeable_buffers_without_spinning() {
             "daemon used {used:.2} s of CPU in 1 s while waiting (event_idx={event_idx}): spinning"
         );
         assert!(
-            !drv.recv(0).iter().any(|f| f.data.len() > 54 && f.data[23] == 6),
+            !drv.recv(0)
+                .iter()
+                .any(|f| f.data.len() > 54 && f.data[23] == 6),
             "a partial frame reached the guest"
         );
         // More buffers: the kick wakes the daemon, the frame arrives whole.
