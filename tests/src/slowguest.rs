@@ -529,6 +529,32 @@ impl Json {
     }
 }
 
+/// Counters that are levels, not totals: reported as they are, not as deltas.
+pub fn is_gauge(k: &str) -> bool {
+    k.ends_with("high_water") || k.contains("backlog") || k == "rx_aqm_flows"
+}
+
+/// Daemon counters summed over queue pairs (gauges: the highest).
+pub fn summed(
+    c: &[std::collections::HashMap<String, u64>],
+) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for q in c {
+        for (k, v) in q {
+            if k == "queue" {
+                continue;
+            }
+            let e = out.entry(k.clone()).or_insert(0u64);
+            if is_gauge(k) {
+                *e = (*e).max(*v);
+            } else {
+                *e += v;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,8 +25,10 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use e2e::slowguest::{iperf3_streams, parse_ping, percentile, Ns, SlowGuest, SlowGuestConfig};
-use e2e::{daemon_binary, daemon_drops, wait_for, Daemon, TempDir};
+use e2e::slowguest::{
+    iperf3_streams, is_gauge, parse_ping, percentile, summed, Ns, SlowGuest, SlowGuestConfig,
+};
+use e2e::{daemon_binary, daemon_drops, tap_stat, wait_for, Daemon, TempDir};
 
 /// Seconds of measurement per mode.
 const DURATION_S: u64 = 30;
@@ -217,37 +219,6 @@ fn daemon_has_mode(mode: &str) -> bool {
     let rest = &help[at + 6..];
     let para = &rest[..rest.find("\n  -").unwrap_or(rest.len())];
     para.contains(mode)
-}
-
-fn tap_stat(tap: &str, counter: &str) -> u64 {
-    fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{counter}"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Counters that are levels, not totals: reported as they are, not as deltas.
-fn is_gauge(k: &str) -> bool {
-    k.ends_with("high_water") || k.contains("backlog") || k == "rx_aqm_flows"
-}
-
-/// Daemon counters summed over queue pairs (gauges: the highest).
-fn summed(c: &[HashMap<String, u64>]) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for q in c {
-        for (k, v) in q {
-            if k == "queue" {
-                continue;
-            }
-            let e = out.entry(k.clone()).or_insert(0u64);
-            if is_gauge(k) {
-                *e = (*e).max(*v);
-            } else {
-                *e += v;
-            }
-        }
-    }
-    out
 }
 
 fn measure(mode: &str) -> Measurement {

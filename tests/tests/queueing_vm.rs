@@ -38,8 +38,8 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::slowguest::{iperf3_streams, parse_ping, percentile, Json};
-use e2e::{daemon_drops, sh, stop, wait_for, Daemon, Guest, TempDir};
+use e2e::slowguest::{iperf3_streams, is_gauge, parse_ping, percentile, summed, Json};
+use e2e::{daemon_drops, sh, stop, tap_stat, wait_for, Daemon, Guest, TempDir};
 
 const HOST_IP: &str = "198.18.210.1";
 const GUEST_IP: &str = "198.18.210.2";
@@ -173,30 +173,6 @@ fn print_table(ms: &[&Measurement]) {
     eprintln!("{t}");
 }
 
-/// Counters that are levels, not totals: reported as they are.
-fn is_gauge(k: &str) -> bool {
-    k.ends_with("high_water") || k.contains("backlog") || k == "rx_aqm_flows"
-}
-
-/// Daemon counters summed over queue pairs (gauges: the highest).
-fn summed(c: &[HashMap<String, u64>]) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for q in c {
-        for (k, v) in q {
-            if k == "queue" {
-                continue;
-            }
-            let e = out.entry(k.clone()).or_insert(0u64);
-            if is_gauge(k) {
-                *e = (*e).max(*v);
-            } else {
-                *e += v;
-            }
-        }
-    }
-    out
-}
-
 fn deltas(c0: &[HashMap<String, u64>], c1: &[HashMap<String, u64>]) -> HashMap<String, u64> {
     let (a, b) = (summed(c0), summed(c1));
     let mut d: HashMap<String, u64> = b
@@ -215,13 +191,6 @@ fn deltas(c0: &[HashMap<String, u64>], c1: &[HashMap<String, u64>]) -> HashMap<S
         daemon_drops(c1).saturating_sub(daemon_drops(c0)),
     );
     d
-}
-
-fn tap_stat(tap: &str, counter: &str) -> u64 {
-    fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{counter}"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// `end.sum_sent.retransmits` of an `iperf3 -J` client run.
