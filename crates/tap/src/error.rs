@@ -120,6 +120,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// SIOCSIFHWADDR failed.
+    #[error("TAP {name}: cannot set MAC address {mac}: {source}")]
+    SetMac {
+        name: String,
+        mac: String,
+        #[source]
+        source: io::Error,
+    },
     /// SIOCSIFMTU failed.
     #[error("TAP {name}: cannot set MTU {mtu}: {source}")]
     SetMtu {

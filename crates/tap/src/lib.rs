@@ -403,6 +403,28 @@ impl Tap {
         Ok(())
     }
 
+    /// Set the interface's (host side) MAC address, e.g. a stable one for a
+    /// TAP that is created anew at every start, so that neighbours' caches
+    /// stay valid across restarts.
+    pub fn set_mac(&self, mac: [u8; 6]) -> Result<(), Error> {
+        let name = &self.name;
+        let sock = sys::control_socket().map_err(|source| Error::ControlSocket {
+            name: name.clone(),
+            source,
+        })?;
+        let mut req = sys::IfReq::new(name);
+        req.set_hwaddr(mac);
+        sys::if_ioctl(&sock, sys::IfIoctl::SetHwAddr, &mut req).map_err(|source| Error::SetMac {
+            name: name.clone(),
+            mac: mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            source,
+        })
+    }
+
     /// Set txqueuelen, MTU, and the link up, through an AF_INET socket.
     fn configure_link(&self, txqueuelen: Option<u32>, mtu: Option<u32>) -> Result<(), Error> {
         let name = &self.name;

@@ -21,6 +21,9 @@ const TUNSETVNETHDRSZ: u32 = 0x4004_54d8; // _IOW('T', 216, int), arg: int *
 const SIOCGIFFLAGS: u32 = 0x8913;
 const SIOCSIFFLAGS: u32 = 0x8914;
 const SIOCSIFMTU: u32 = 0x8922;
+const SIOCSIFHWADDR: u32 = 0x8924;
+/// `ARPHRD_ETHER`: the address family of an Ethernet hardware address.
+const ARPHRD_ETHER: u16 = 1;
 const SIOCSIFTXQLEN: u32 = 0x8943;
 
 /// `IFNAMSIZ`: interface name buffer size, including the terminating NUL.
@@ -66,6 +69,13 @@ impl IfReq {
     }
 
     /// Set `ifr_mtu` / `ifr_qlen` (a C `int`).
+    /// `ifr_hwaddr` = an Ethernet address (struct sockaddr: family, then bytes).
+    pub(crate) fn set_hwaddr(&mut self, mac: [u8; 6]) {
+        self.data = [0; 24];
+        self.data[0..2].copy_from_slice(&ARPHRD_ETHER.to_ne_bytes());
+        self.data[2..8].copy_from_slice(&mac);
+    }
+
     pub(crate) fn set_int(&mut self, v: i32) {
         self.data[..4].copy_from_slice(&v.to_ne_bytes());
     }
@@ -160,6 +170,7 @@ pub(crate) enum IfIoctl {
     SetFlags,
     SetMtu,
     SetTxQueueLen,
+    SetHwAddr,
 }
 
 /// Run an interface ioctl on `sock` (from [`control_socket`]).
@@ -169,6 +180,7 @@ pub(crate) fn if_ioctl(sock: &OwnedFd, which: IfIoctl, req: &mut IfReq) -> io::R
         IfIoctl::SetFlags => SIOCSIFFLAGS,
         IfIoctl::SetMtu => SIOCSIFMTU,
         IfIoctl::SetTxQueueLen => SIOCSIFTXQLEN,
+        IfIoctl::SetHwAddr => SIOCSIFHWADDR,
     };
     // SAFETY: every request in `IfIoctl` reads and/or writes exactly one
     // `struct ifreq`; `req` is valid, exclusively borrowed and laid out like

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 use toml::Spanned;
 
 use vhost_tap::backend::{Device, DeviceSettings};
@@ -173,6 +173,16 @@ fn open_device(d: &DeviceConfig) -> Result<Device, String> {
         persist: None,
     };
     let t = tap::Tap::open(&cfg).map_err(|e| format!("TAP {}: {e}", d.tap))?;
+    if t.created() {
+        // A TAP created anew at every start keeps one host-side MAC (fe:54:00
+        // + a hash of its name, like the guest's default), so the host's and
+        // the guest's neighbour caches stay valid across daemon restarts.
+        let g = config::default_mac(&d.tap);
+        let mac = [0xfe, 0x54, 0x00, g[3], g[4], g[5]];
+        if let Err(e) = t.set_mac(mac) {
+            warn!("{}: {e}; the TAP keeps a random MAC", d.tap);
+        }
+    }
     let (mode, why) = resolve_mode(d.mode, &t);
     info!(
         "{}: TAP {} {} ({} queue(s)); mode {} ({why})",

@@ -245,3 +245,24 @@ fn two_devices_from_a_config_file_are_independent() {
         "exit after SIGTERM: {st:?}"
     );
 }
+
+/// A TAP the daemon creates gets the same host-side MAC at every start, so
+/// neighbour caches survive a daemon restart.
+#[test]
+fn created_tap_keeps_its_mac_across_restarts() {
+    let name = unique_tap_name();
+    let mac_of = |n: &str| std::fs::read_to_string(format!("/sys/class/net/{n}/address")).unwrap();
+    let mut d = Daemon::start(Opts {
+        tap: Some(name.clone()),
+        ..Opts::default()
+    });
+    let first = mac_of(&name);
+    assert!(first.starts_with("fe:54:00:"), "{first}");
+    d.terminate(Duration::from_secs(5)).expect("stopped");
+    let _d2 = Daemon::start(Opts {
+        tap: Some(name.clone()),
+        ..Opts::default()
+    });
+    assert!(_d2.log_text().contains(&format!("TAP {name} created")));
+    assert_eq!(mac_of(&name), first);
+}
