@@ -11,11 +11,14 @@
 //! file descriptors that ride on it), except that one case: a
 //! `SET_VRING_ENABLE` that arrives before the frontend acked
 //! `PROTOCOL_FEATURES` is remembered, acknowledged to the frontend if it asked
-//! for a reply, and replayed to the dispatcher right after the `SET_FEATURES`
-//! that acks `PROTOCOL_FEATURES` — at which point the spec says rings start
-//! disabled and `SET_VRING_ENABLE` is meaningful. If the frontend acks
-//! features without `PROTOCOL_FEATURES`, the remembered requests are dropped:
-//! rings are then enabled by `SET_FEATURES` itself.
+//! for a reply, and replayed to the dispatcher once `PROTOCOL_FEATURES` is
+//! acked (rings then start disabled and `SET_VRING_ENABLE` is meaningful) and
+//! that vring is set up: after its `SET_VRING_KICK` and the `SET_VRING_CALL`
+//! that follows it (QEMU replaces an early call fd there; enabling the vring
+//! before would let the worker interrupt the guest through the old one). A
+//! later `SET_VRING_ENABLE` from the frontend supersedes a held one. If the
+//! frontend acks features without `PROTOCOL_FEATURES`, the remembered
+//! requests are dropped: rings are then enabled by `SET_FEATURES` itself.
 //!
 //! Replies from the dispatcher flow back unchanged. The control path carries
 //! a few hundred messages per connection; the data path never crosses it.
