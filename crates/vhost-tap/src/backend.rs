@@ -215,14 +215,15 @@ impl NetBackend {
     /// `vrings`: this pair's RX and TX vrings (the worker's share).
     fn run_rx(&self, p: usize, vrings: &[VringRwLock<GuestMem>]) {
         let Some(mem) = self.memory() else { return };
-        let neg = self.negotiated();
-        let ready_features = self.features_acked.load(Ordering::Acquire);
-        let mut pair = self.device.pair(p);
-        let mut vring = vrings[0].get_mut();
-        let ready = ready_features && vring.get_queue().ready() && vring.is_enabled();
-        if !ready_features {
+        // Until the header size is known, frames wait in the kernel.
+        if !self.features_acked.load(Ordering::Acquire) {
             return;
         }
+        let neg = self.negotiated();
+        let mut pair = self.device.pair(p);
+        let mut vring = vrings[0].get_mut();
+        // Not ready: the reader still fills the ring (and stops when it is full).
+        let ready = vring.get_queue().ready() && vring.is_enabled();
         let (outcome, signal) = pair.rx_run(vring.get_queue_mut(), &mem, neg, ready);
         if signal {
             self.notify(&vring, &pair.counters.rx_interrupts);

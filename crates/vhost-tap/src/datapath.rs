@@ -138,11 +138,6 @@ impl QueuePair {
         self.tx_broken = false;
     }
 
-    /// Frames waiting in the ring.
-    pub fn ring_len(&self) -> usize {
-        self.consumer.len()
-    }
-
     /// Count the frames still in the ring (and the AQM) as lost (daemon shutdown).
     pub fn drop_ring_at_shutdown(&mut self) {
         let mut n = 0;
@@ -209,14 +204,17 @@ impl QueuePair {
                 Ok(Produced::Stopped) => QueueCounters::add(&c.rx_reader_stops, 1),
                 Err(ptr_ring::Full) => unreachable!("next_free_slot said the slot was free"),
             }
+        }
+        // Only this thread fills the ring, so its occupancy peaks here.
+        if read > 0 {
             QueueCounters::raise(&c.rx_ring_high_water, self.consumer.len() as u64);
         }
         read
     }
 
     /// Move frames TAP → ring → guest until neither side can progress or the
-    /// budget runs out. Returns whether work is left and whether any frame
-    /// reached the guest (the caller then signals it, once).
+    /// budget runs out. Returns whether work is left and whether the guest
+    /// wants an interrupt (the caller then signals it, once).
     pub fn rx_run(
         &mut self,
         queue: &mut Queue,
@@ -225,16 +223,12 @@ impl QueuePair {
         ready: bool,
     ) -> (RxOutcome, bool) {
         let mut moved = 0usize;
-        let mut delivered_any = false;
         loop {
             if ready && !self.rx_broken {
-                let (n, _guest_full) = self.fill_guest(queue, mem, neg);
-                delivered_any |= n > 0;
-                moved += n;
+                moved += self.fill_guest(queue, mem, neg);
             }
             if moved >= BUDGET {
                 self.publish_aqm();
-                let _ = delivered_any;
                 return (RxOutcome::MoreWork, self.rx_signal(queue, mem));
             }
             // In FQ-CoDel mode the ring is only a hand-off: read no more
@@ -283,38 +277,40 @@ impl QueuePair {
                 QueueCounters::add(&self.counters.rx_reader_wakes, 1);
             }
         }
-        aqm.publish(&self.counters);
     }
 
     /// Deliver frames (from the ring, or from FQ-CoDel in that mode) into
-    /// guest RX chains. Returns the number of frames delivered and whether
-    /// the guest ran out of buffers.
+    /// guest RX chains. Returns the number of frames delivered.
     fn fill_guest(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap<()>,
         neg: Negotiated,
-    ) -> (usize, bool) {
-        let r = self.fill_guest_batch(queue, mem, neg);
-        // One used-index update for the whole batch.
+    ) -> usize {
+        let (frames, bytes) = self.fill_guest_batch(queue, mem, neg);
+        // One used-index update and one counter update for the whole batch.
         if let Err(e) = self.rx_used.publish(queue, mem) {
             self.break_rx(&e);
         }
-        r
+        QueueCounters::add(&self.counters.rx_frames, frames as u64);
+        QueueCounters::add(&self.counters.rx_bytes, bytes);
+        frames
     }
 
+    /// The loop of `fill_guest`: (frames delivered, their bytes without headers).
     fn fill_guest_batch(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap<()>,
         neg: Negotiated,
-    ) -> (usize, bool) {
+    ) -> (usize, u64) {
         let mut delivered = 0;
+        let mut bytes = 0u64;
         while delivered < BUDGET {
             let (verdict, flen) = match &mut self.aqm {
                 None => {
                     let Some((slot, len)) = self.consumer.peek() else {
-                        return (delivered, false);
+                        return (delivered, bytes);
                     };
                     let frame = &mut self.bufs[slot][..len.get()];
                     (
@@ -324,7 +320,7 @@ impl QueuePair {
                 }
                 Some(aqm) => {
                     let Some(frame) = aqm.head(&self.counters) else {
-                        return (delivered, false);
+                        return (delivered, bytes);
                     };
                     let n = frame.buf.len();
                     (
@@ -343,9 +339,7 @@ impl QueuePair {
             match verdict {
                 Ok(Delivery::Done) => {
                     delivered += 1;
-                    let c = &*self.counters;
-                    QueueCounters::add(&c.rx_frames, 1);
-                    QueueCounters::add(&c.rx_bytes, flen.saturating_sub(neg.hdr_len) as u64);
+                    bytes += flen.saturating_sub(neg.hdr_len) as u64;
                 }
                 Ok(Delivery::TooBig { len, capacity }) => {
                     QueueCounters::add(&self.counters.rx_dropped_too_big, 1);
@@ -362,17 +356,17 @@ impl QueuePair {
                         Ok(true) => continue,
                         Ok(false) => {
                             QueueCounters::add(&self.counters.rx_no_guest_buffers, 1);
-                            return (delivered, true);
+                            return (delivered, bytes);
                         }
                         Err(e) => {
                             self.break_rx(&e);
-                            return (delivered, true);
+                            return (delivered, bytes);
                         }
                     }
                 }
                 Err(why) => {
                     self.break_rx(&why);
-                    return (delivered, true);
+                    return (delivered, bytes);
                 }
             }
             // The frame left (delivered or dropped as undeliverable): release it.
@@ -385,7 +379,7 @@ impl QueuePair {
                 Some(aqm) => aqm.release_head(),
             }
         }
-        (delivered, false)
+        (delivered, bytes)
     }
 
     fn break_rx(&mut self, why: &str) {
@@ -409,7 +403,8 @@ impl QueuePair {
         QueueCounters::add(counter, 1);
     }
 
-    /// Drain guest TX chains into the TAP. Returns whether any chain was used.
+    /// Drain guest TX chains into the TAP. Returns whether work is left and
+    /// whether the guest wants an interrupt.
     pub fn tx_run(
         &mut self,
         queue: &mut Queue,

@@ -23,8 +23,8 @@
 //! Replies from the dispatcher flow back unchanged. The control path carries
 //! a few hundred messages per connection; the data path never crosses it.
 
-use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -252,7 +252,7 @@ pub struct Filter {
     /// vring index → enable, as last requested before SET_FEATURES.
     early_enables: BTreeMap<u32, u32>,
     /// Held enables whose vring has had its SET_VRING_KICK since SET_FEATURES.
-    kicked: BTreeMap<u32, bool>,
+    kicked: BTreeSet<u32>,
 }
 
 /// The vring index in the u64 payload of SET_VRING_KICK/CALL (low byte).
@@ -330,7 +330,7 @@ impl Filter {
             SET_VRING_KICK if self.protocol_features_acked => {
                 if let Some(i) = vring_of_fd_message(&m) {
                     if self.early_enables.contains_key(&i) {
-                        self.kicked.insert(i, true);
+                        self.kicked.insert(i);
                     }
                 }
                 Action::Forward(m)
@@ -339,7 +339,7 @@ impl Filter {
                 let Some(i) = vring_of_fd_message(&m) else {
                     return Action::Forward(m);
                 };
-                if self.kicked.remove(&i).is_none() {
+                if !self.kicked.remove(&i) {
                     return Action::Forward(m);
                 }
                 match self.early_enables.remove(&i) {
@@ -422,15 +422,10 @@ pub fn run(front: UnixStream, back: UnixStream, name: &str) -> io::Result<()> {
     }))
 }
 
-/// Ignore unused-import lint for Read on some paths.
-#[allow(dead_code)]
-fn _uses_read(mut s: &UnixStream) -> io::Result<usize> {
-    s.read(&mut [])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn msg(request: u32, flags: u32, payload: Vec<u8>) -> Message {
         Message {
