@@ -46,6 +46,10 @@ counters! {
         rx_dropped_too_big,
         /// Frames the TAP returned truncated (larger than the reader's buffer).
         rx_dropped_truncated,
+        /// Frames the TAP dequeued but could not copy out (read failed with EFAULT).
+        rx_dropped_read_fault,
+        /// Frames read from the TAP straight into guest buffers and lost because the guest's RX queue broke before they were published.
+        rx_dropped_queue_broken,
         /// Frames still in the ring when the daemon shut down.
         rx_dropped_shutdown,
         /// Guest TX chains shorter than a virtio-net header plus an Ethernet header (returned to the guest unsent).
@@ -58,6 +62,8 @@ counters! {
         rx_queue_broken,
         /// Times the TX queue was found broken by a malformed descriptor chain or avail index.
         tx_queue_broken,
+        /// Frames read from the TAP straight into guest RX buffers (nothing was waiting; no copy of ours). Included in rx_frames.
+        rx_direct_frames,
         /// Times the TAP reader stopped because the ring was full.
         rx_reader_stops,
         /// Times the RX filler woke the stopped TAP reader (half the ring free).

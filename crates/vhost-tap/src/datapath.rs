@@ -41,6 +41,11 @@ pub const MIN_FRAME: usize = 14;
 const BUF_SIZE: usize = 12 + MAX_FRAME + 1;
 /// Frames moved per event before yielding to the other events of the worker.
 pub const BUDGET: usize = 256;
+/// Guest RX buffer room the direct path gathers for a frame while frames
+/// are small: a virtio-net header and a 1500-byte frame with a VLAN tag.
+/// A larger frame spills into a slot buffer; after one, the path gathers
+/// room for the largest frame until a small one comes again.
+const SMALL_FRAME_ROOM: usize = 12 + 1518;
 
 /// What the guest and the backend agreed on, as far as the data path cares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,6 +101,9 @@ pub struct QueuePair {
     rx_used: UsedBatch,
     tx_used: UsedBatch,
     iov: IoVecs,
+    /// The last frame read directly was larger than `SMALL_FRAME_ROOM`:
+    /// gather room for the largest frame.
+    rx_expect_big: bool,
 }
 
 impl QueuePair {
@@ -126,6 +134,7 @@ impl QueuePair {
             rx_used: UsedBatch::default(),
             tx_used: UsedBatch::default(),
             iov: IoVecs(Vec::new()),
+            rx_expect_big: false,
         }
     }
 
@@ -162,7 +171,7 @@ impl QueuePair {
     /// Read frames from the TAP into the ring until the ring stops the
     /// reader, the TAP has nothing, or `budget` frames were read.
     fn read_tap(&mut self, budget: usize) -> usize {
-        let c = &*self.counters;
+        let c = Arc::clone(&self.counters);
         let mut read = 0;
         while read < budget && self.tap_readable && !self.producer.is_stopped() {
             let Some(slot) = self.producer.next_free_slot() else {
@@ -179,14 +188,8 @@ impl QueuePair {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EBADFD after the TAP went away, EIO...: nothing was
-                    // lost by us, the read failed. Wait for the next edge.
-                    warn!(
-                        "tap: {} queue {}: read failed: {e}",
-                        self.tap.name(),
-                        self.index
-                    );
-                    self.tap_readable = false;
+                    // EBADFD after the TAP went away, EIO...: wait for the next edge.
+                    self.read_failed(&e);
                     break;
                 }
             };
@@ -231,6 +234,17 @@ impl QueuePair {
                 self.publish_aqm();
                 return (RxOutcome::MoreWork, self.rx_signal(queue, mem));
             }
+            // Nothing waits in the ring or the AQM and the guest has
+            // buffers: read frames straight into them (no copy of ours).
+            let mut read = 0;
+            if ready && !self.rx_broken && self.nothing_waiting() {
+                read = self.read_tap_direct(queue, mem, neg, BUDGET - moved);
+                moved += read;
+                if moved >= BUDGET {
+                    self.publish_aqm();
+                    return (RxOutcome::MoreWork, self.rx_signal(queue, mem));
+                }
+            }
             // In FQ-CoDel mode the ring is only a hand-off: read no more
             // than it holds, then move everything into the AQM, so the
             // reader never stops.
@@ -238,16 +252,222 @@ impl QueuePair {
                 Some(_) => (BUDGET - moved).min(self.producer.capacity() - 1),
                 None => BUDGET - moved,
             };
-            let read = self.read_tap(budget);
+            let from_ring_path = self.read_tap(budget);
             if self.aqm.is_some() {
                 self.drain_ring_into_aqm(neg.hdr_len);
             }
-            moved += read;
+            moved += from_ring_path;
+            read += from_ring_path;
             if read == 0 {
                 self.publish_aqm();
                 return (RxOutcome::Idle, self.rx_signal(queue, mem));
             }
         }
+    }
+
+    /// Whether no frame waits in the ring or the AQM, so that one read now
+    /// may go to the guest without overtaking another.
+    fn nothing_waiting(&self) -> bool {
+        self.consumer.is_empty() && self.aqm.as_ref().is_none_or(Aqm::is_empty)
+    }
+
+    /// The direct path: read frames from the TAP straight into the guest's
+    /// RX chains, while nothing waits in the ring. Each read gathers the
+    /// chains for a small frame (with MRG_RXBUF, as many as hold
+    /// `SMALL_FRAME_ROOM`, or the largest frame after a large one) plus a
+    /// free slot buffer behind them; a frame longer than the chains spills
+    /// into the slot, is reassembled there and goes the ring's way (the
+    /// chains go back to the avail ring). Chains a frame did not need go
+    /// back too. Returns frames read (delivered, spilled or dropped).
+    ///
+    /// Stops when the TAP is empty, the guest has no chain, a frame
+    /// spilled, or `budget` frames were read.
+    fn read_tap_direct(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+        budget: usize,
+    ) -> usize {
+        let mut read = 0usize;
+        let (mut frames, mut bytes) = (0usize, 0u64);
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
+        let ring = UsedRing::of(queue);
+        // A frame is read but neither delivered, handed to the ring nor counted.
+        let mut in_flight = false;
+        let fail = 'frames: {
+            // One avail-index read for the batch, one more when it runs dry.
+            let mut iter = match queue.iter(mem) {
+                Ok(iter) => iter,
+                Err(e) => break 'frames Some(format!("bad avail ring: {e}")),
+            };
+            while read < budget && self.tap_readable {
+                let Some(slot) = self.producer.next_free_slot() else {
+                    break;
+                };
+                let want = if self.rx_expect_big {
+                    BUF_SIZE
+                } else {
+                    SMALL_FRAME_ROOM
+                };
+                // Gather chains.
+                let mut taken = 0usize;
+                let mut capacity = 0usize;
+                while capacity < want {
+                    let Some(dc) = iter.next() else { break };
+                    if self.chains.len() <= taken {
+                        self.chains.push(Chain::default());
+                    }
+                    let c = &mut self.chains[taken];
+                    if let Err(e) =
+                        chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
+                    {
+                        break 'frames Some(e.to_string());
+                    }
+                    taken += 1;
+                    capacity += c.total_len as usize;
+                    if !neg.mrg_rxbuf {
+                        break;
+                    }
+                }
+                if taken == 0 {
+                    // The guest has no chain now: the ring path waits for one.
+                    break;
+                }
+                // The chains, then the slot buffer for what does not fit, with
+                // one spare byte beyond the largest frame to see truncation.
+                self.iov.0.clear();
+                if let Err(e) = guest_iovecs(mem, &self.chains[..taken], &mut self.iov.0) {
+                    break 'frames Some(e);
+                }
+                let spill = &mut self.bufs[slot];
+                let spill_len = BUF_SIZE.saturating_sub(capacity).max(1);
+                self.iov.0.push(libc::iovec {
+                    iov_base: spill.as_mut_ptr().cast(),
+                    iov_len: spill_len,
+                });
+                // SAFETY: the guest iovecs come from `VolatileSlice`s of `mem`
+                // inside mapped regions, of chains checked device-writable and
+                // not yet returned to the guest (it does not touch them);
+                // `mem` outlives the call. The last iovec is `spill_len <=
+                // spill.len()` bytes of our own slot buffer, free while its
+                // ring slot is empty; nothing else uses it during the call.
+                let r = unsafe { self.tap.queue(self.index).readv_raw(&self.iov.0) };
+                self.iov.0.clear();
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => {
+                        for _ in 0..taken {
+                            iter.go_to_previous_position();
+                        }
+                        match e.raw_os_error() {
+                            Some(libc::EAGAIN) => self.tap_readable = false,
+                            Some(libc::EINTR) => continue,
+                            _ => self.read_failed(&e),
+                        }
+                        break;
+                    }
+                };
+                read += 1;
+                in_flight = true;
+                if n < neg.hdr_len + MIN_FRAME || n >= capacity + spill_len {
+                    for _ in 0..taken {
+                        iter.go_to_previous_position();
+                    }
+                    let reason = if n >= capacity + spill_len {
+                        &self.counters.rx_dropped_truncated
+                    } else {
+                        &self.counters.rx_dropped_too_short
+                    };
+                    QueueCounters::add(reason, 1);
+                    in_flight = false;
+                    continue;
+                }
+                if n > capacity {
+                    // Spilled: reassemble the frame in the slot, give the
+                    // chains back, hand the frame to the ring path.
+                    for _ in 0..taken {
+                        iter.go_to_previous_position();
+                    }
+                    spill.copy_within(..n - capacity, capacity);
+                    if let Err(e) = read_guest(mem, &self.chains[..taken], &mut spill[..capacity]) {
+                        break 'frames Some(e);
+                    }
+                    let len = NonZeroUsize::new(n).expect("n > capacity >= 0");
+                    match self.producer.produce(len) {
+                        Ok(_) => {}
+                        Err(ptr_ring::Full) => {
+                            unreachable!("next_free_slot said the slot was free")
+                        }
+                    }
+                    in_flight = false;
+                    self.rx_expect_big = true;
+                    break;
+                }
+                // Delivered: the chains the frame filled become used entries,
+                // the rest go back.
+                let mut used_chains = 0usize;
+                let mut left = n;
+                while left > 0 {
+                    let c = &self.chains[used_chains];
+                    let part = left.min(c.total_len as usize);
+                    if let Err(e) = self.rx_used.push(&ring, mem, c.head, part as u32) {
+                        break 'frames Some(e);
+                    }
+                    left -= part;
+                    used_chains += 1;
+                }
+                for _ in used_chains..taken {
+                    iter.go_to_previous_position();
+                }
+                // The kernel wrote the first 10 header bytes; num_buffers is ours.
+                if neg.hdr_len == 12 {
+                    let nb = if neg.mrg_rxbuf { used_chains as u16 } else { 1 };
+                    if let Err(e) =
+                        write_guest_at(mem, &self.chains[..used_chains], 10, &nb.to_le_bytes())
+                    {
+                        break 'frames Some(e);
+                    }
+                }
+                if n <= SMALL_FRAME_ROOM {
+                    self.rx_expect_big = false;
+                }
+                in_flight = false;
+                frames += 1;
+                bytes += (n - neg.hdr_len) as u64;
+            }
+            None
+        };
+        if let Some(why) = fail {
+            if in_flight {
+                // Read from the TAP, but not into the guest's hands nor the ring.
+                QueueCounters::add(&self.counters.rx_dropped_queue_broken, 1);
+            }
+            self.break_rx(&why);
+        }
+        if let Err(e) = self.rx_used.publish(queue, mem) {
+            self.break_rx(&e);
+        }
+        QueueCounters::add(&self.counters.rx_frames, frames as u64);
+        QueueCounters::add(&self.counters.rx_direct_frames, frames as u64);
+        QueueCounters::add(&self.counters.rx_bytes, bytes);
+        read
+    }
+
+    /// A TAP read failed with something other than "try again": log it,
+    /// wait for the next edge. EFAULT means the kernel dequeued a frame it
+    /// could not copy out: lost, and counted.
+    fn read_failed(&mut self, e: &io::Error) {
+        if e.raw_os_error() == Some(libc::EFAULT) {
+            QueueCounters::add(&self.counters.rx_dropped_read_fault, 1);
+        }
+        warn!(
+            "tap: {} queue {}: read failed: {e}",
+            self.tap.name(),
+            self.index
+        );
+        self.tap_readable = false;
     }
 
     /// Whether the guest wants an interrupt for what RX just published.
@@ -522,25 +742,7 @@ impl QueuePair {
     /// the TAP refused the frame for good (counted as `tx_dropped_tap_error`).
     fn write_chain(&mut self, mem: &GuestMemoryMmap<()>, chain: &Chain) -> Result<bool, TxError> {
         self.iov.0.clear();
-        for seg in &chain.segments {
-            for s in mem.get_slices(seg.addr, seg.len as usize) {
-                let s = s.map_err(|e| TxError::Broken(format!("guest buffer unmapped: {e}")))?;
-                let base = s.ptr_guard().as_ptr() as *mut libc::c_void;
-                // Drivers usually put the header right before the frame:
-                // one iovec instead of two saves the kernel an iovec import.
-                match self.iov.0.last_mut() {
-                    Some(prev)
-                        if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize =>
-                    {
-                        prev.iov_len += s.len();
-                    }
-                    _ => self.iov.0.push(libc::iovec {
-                        iov_base: base,
-                        iov_len: s.len(),
-                    }),
-                }
-            }
-        }
+        guest_iovecs(mem, std::slice::from_ref(chain), &mut self.iov.0).map_err(TxError::Broken)?;
         let q = self.tap.queue(self.index);
         loop {
             // SAFETY: every iovec was built just above from a `VolatileSlice`
@@ -561,6 +763,75 @@ impl QueuePair {
             };
         }
     }
+}
+
+/// Append host iovecs covering the segments of `chains` in guest memory,
+/// merging neighbours: drivers usually put the header right before the
+/// frame, and one iovec instead of two saves the kernel an iovec import.
+fn guest_iovecs(
+    mem: &GuestMemoryMmap<()>,
+    chains: &[Chain],
+    iov: &mut Vec<libc::iovec>,
+) -> Result<(), String> {
+    for seg in chains.iter().flat_map(|c| &c.segments) {
+        for s in mem.get_slices(seg.addr, seg.len as usize) {
+            let s = s.map_err(|e| format!("guest buffer unmapped: {e}"))?;
+            let base = s.ptr_guard_mut().as_ptr().cast::<libc::c_void>();
+            match iov.last_mut() {
+                Some(prev)
+                    if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize =>
+                {
+                    prev.iov_len += s.len();
+                }
+                _ => iov.push(libc::iovec {
+                    iov_base: base,
+                    iov_len: s.len(),
+                }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy the first `out.len()` bytes held by `chains` into `out`.
+fn read_guest(mem: &GuestMemoryMmap<()>, chains: &[Chain], out: &mut [u8]) -> Result<(), String> {
+    let mut off = 0usize;
+    for seg in chains.iter().flat_map(|c| &c.segments) {
+        if off == out.len() {
+            break;
+        }
+        let n = (seg.len as usize).min(out.len() - off);
+        vm_memory::Bytes::read_slice(mem, &mut out[off..off + n], seg.addr)
+            .map_err(|e| format!("read from guest buffer failed: {e}"))?;
+        off += n;
+    }
+    Ok(())
+}
+
+/// Write `bytes` at offset `at` of the data held by `chains` (which may
+/// split it between segments).
+fn write_guest_at(
+    mem: &GuestMemoryMmap<()>,
+    chains: &[Chain],
+    mut at: usize,
+    mut bytes: &[u8],
+) -> Result<(), String> {
+    for seg in chains.iter().flat_map(|c| &c.segments) {
+        if bytes.is_empty() {
+            break;
+        }
+        let len = seg.len as usize;
+        if at >= len {
+            at -= len;
+            continue;
+        }
+        let n = (len - at).min(bytes.len());
+        vm_memory::Bytes::write_slice(mem, &bytes[..n], seg.addr.unchecked_add(at as u64))
+            .map_err(|e| format!("write to guest buffer failed: {e}"))?;
+        bytes = &bytes[n..];
+        at = 0;
+    }
+    Ok(())
 }
 
 /// Where a queue's used ring is, and its next used index: a snapshot taken
@@ -880,6 +1151,10 @@ impl Aqm {
 
     fn release_head(&mut self) {
         self.head = None;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.fq.is_empty()
     }
 
     /// Empty the queue; returns how many frames were in it.

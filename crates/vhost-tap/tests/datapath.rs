@@ -105,6 +105,17 @@ fn host_to_guest(mrg_rxbuf: bool, event_idx: bool) {
         "drops: {:?}",
         nonzero_drops(&c)
     );
+    // The guest kept buffers posted: frames went straight from the TAP into
+    // them (the direct path), not through the ring.
+    let direct = sum(&c, "rx_direct_frames");
+    eprintln!(
+        "{direct} of {} frames read directly into guest buffers",
+        sum(&c, "rx_frames")
+    );
+    assert!(
+        direct >= N as u64 / 2,
+        "only {direct} of {N} frames took the direct path"
+    );
 }
 
 #[test]
@@ -299,6 +310,83 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
     );
     assert_eq!(sum(&c, "tx_frames"), 1);
     assert_eq!(sum(&c, "tx_bytes"), frame.len() as u64);
+}
+
+/// Host → guest with offloads and mergeable buffers, the guest's buffers
+/// posted ahead: a 64 KiB GSO frame does not fit the buffers the direct
+/// path gathers for a small frame, spills into a slot buffer and arrives
+/// whole through the ring; the next large frames go direct (room for the
+/// largest frame is gathered after a large one), and small frames after
+/// them too. Every frame byte-exact, in order, with its `num_buffers`.
+#[test]
+fn large_frames_spill_once_then_go_direct() {
+    let mut d = Daemon::start_queues(1);
+    let mut drv = d.connect_with(DriverConfig {
+        offloads: true,
+        ..d.driver_config()
+    });
+    d.wait_log(&["guest acked features", "TAP offloads"], SEC5)
+        .expect("daemon did not log the acked features");
+    let sock = PacketSock::open(&d.tap, true);
+    let mss = 1448usize;
+    let buf_len = 4096;
+    assert_eq!(drv.post_rx(0, 200, buf_len), 200);
+    let before = d.counters();
+    let tag = fresh_tag();
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for i in 0..3u32 {
+        let payload: Vec<u8> = (0..mss * 44).map(|j| (j * 7 + i as usize) as u8).collect();
+        let frame = tcp_frame(&payload, 1000 + i);
+        let mut out = tso4_hdr(mss as u16).to_vec();
+        out.extend_from_slice(&frame);
+        sock.send(&out);
+        sent.push(frame);
+    }
+    let small: Vec<Vec<u8>> = (0..3u32)
+        .map(|i| test_frame(HOST_MAC, GUEST_MAC, tag, i, 100 + 300 * i as usize))
+        .collect();
+    for f in &small {
+        let mut out = vec![0u8; 10];
+        out.extend_from_slice(f);
+        sock.send(&out);
+    }
+    let got = guest_recv(&mut drv, 0, 6, buf_len, SEC5, |f| {
+        (f.data.len() > 54 && f.data[12..14] == [8, 0] && f.data[23] == 6) || has_tag(&f.data, tag)
+    });
+    assert_eq!(got.len(), 6, "frames reaching the guest");
+    for (i, g) in got[..3].iter().enumerate() {
+        assert!(
+            g.data == sent[i],
+            "large frame {i} differs (len {})",
+            g.data.len()
+        );
+        assert_eq!(g.hdr[1] & 0x7f, 1, "large frame {i}: gso_type {:?}", g.hdr);
+        let need = (12 + sent[i].len()).div_ceil(buf_len);
+        assert_eq!(
+            usize::from(g.num_buffers),
+            need,
+            "large frame {i}: num_buffers"
+        );
+    }
+    for (i, g) in got[3..].iter().enumerate() {
+        assert!(g.data == small[i], "small frame {i} differs");
+        assert_eq!(g.num_buffers, 1, "small frame {i}: num_buffers");
+    }
+    assert_eq!(drv.rx_malformed(), 0);
+    let c = d.counters();
+    assert!(
+        nonzero_drops(&c).is_empty(),
+        "drops: {:?}",
+        nonzero_drops(&c)
+    );
+    let delta = |k: &str| sum(&c, k) - sum(&before, k);
+    let (frames, direct) = (delta("rx_frames"), delta("rx_direct_frames"));
+    assert!(frames >= 6, "rx_frames {frames}");
+    assert!(
+        frames - direct >= 1,
+        "the first large frame did not spill ({direct} of {frames} direct)"
+    );
+    assert!(direct >= 5, "only {direct} of {frames} frames went direct");
 }
 
 #[test]
