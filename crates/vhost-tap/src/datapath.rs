@@ -30,6 +30,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::chain::{self, Chain, Direction};
 use crate::counters::QueueCounters;
+use crate::slots::{self, Slots};
 
 /// Largest frame the TAP hands us or accepts: a 64 KiB GSO frame plus
 /// Ethernet and VLAN headers.
@@ -38,7 +39,7 @@ pub const MAX_FRAME: usize = 65_536 + 14 + 4;
 pub const MIN_FRAME: usize = 14;
 /// Room for the largest virtio-net header and the largest frame, with one
 /// spare byte so that a truncated read is recognisable.
-const BUF_SIZE: usize = 12 + MAX_FRAME + 1;
+pub const BUF_SIZE: usize = 12 + MAX_FRAME + 1;
 /// Frames moved per event before yielding to the other events of the worker.
 pub const BUDGET: usize = 256;
 /// Guest RX buffer room the direct path gathers for a frame while frames
@@ -83,7 +84,10 @@ pub struct QueuePair {
     producer: Producer,
     consumer: Consumer,
     /// Frame buffers, indexed by ring slot.
-    bufs: Vec<Box<[u8]>>,
+    slots: Slots,
+    /// The last frame the ring path read was longer than a slot's compact
+    /// buffer: read the next one straight into the slot's large buffer.
+    ring_expect_big: bool,
     /// FQ-CoDel mode: the standing queue, kept here instead of in the kernel.
     aqm: Option<Aqm>,
     pub counters: Arc<QueueCounters>,
@@ -115,15 +119,13 @@ impl QueuePair {
         aqm: Option<fq_codel::Config>,
     ) -> Self {
         let (producer, consumer) = ptr_ring::ring(ring_size);
-        let bufs = (0..ring_size)
-            .map(|_| vec![0u8; BUF_SIZE].into_boxed_slice())
-            .collect();
         QueuePair {
             index,
             tap,
             producer,
             consumer,
-            bufs,
+            slots: Slots::new(ring_size),
+            ring_expect_big: false,
             aqm: aqm.map(Aqm::new),
             counters: Arc::new(QueueCounters::default()),
             tap_readable: true,
@@ -179,8 +181,24 @@ impl QueuePair {
                 // wake racing our previous produce; the next discard batch frees it.
                 break;
             };
-            let buf = &mut self.bufs[slot];
-            let n = match self.tap.queue(self.index).read(buf) {
+            // After a long frame, read into the slot's large buffer (no move
+            // afterwards); else into its compact buffer with the overflow behind.
+            let (iov, count) = if self.ring_expect_big {
+                let big = self.slots.frame(slot, BUF_SIZE);
+                let whole = libc::iovec {
+                    iov_base: big.as_mut_ptr().cast(),
+                    iov_len: BUF_SIZE,
+                };
+                ([whole, whole], 1)
+            } else {
+                (self.slots.read_iovecs(slot), 2)
+            };
+            // SAFETY: the iovecs point into `self.slots`' own buffers for
+            // slot `slot` (free while the slot is empty) and the overflow
+            // buffer, `BUF_SIZE` bytes in all; nothing else touches them
+            // during the call.
+            let r = unsafe { self.tap.queue(self.index).readv_raw(&iov[..count]) };
+            let n = match r {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.tap_readable = false;
@@ -194,9 +212,19 @@ impl QueuePair {
                 }
             };
             read += 1;
-            if n >= buf.len() {
+            if n >= BUF_SIZE {
                 QueueCounters::add(&c.rx_dropped_truncated, 1);
                 continue;
+            }
+            if self.ring_expect_big {
+                if n <= slots::SMALL {
+                    // Short again: into the compact buffer, where `frame` looks.
+                    self.slots.demote(slot, n);
+                    self.ring_expect_big = false;
+                }
+            } else {
+                self.slots.settle(slot, n);
+                self.ring_expect_big = n > slots::SMALL;
             }
             let Some(len) = NonZeroUsize::new(n).filter(|n| n.get() >= 12 + MIN_FRAME) else {
                 QueueCounters::add(&c.rx_dropped_too_short, 1);
@@ -341,18 +369,14 @@ impl QueuePair {
                 if let Err(e) = guest_iovecs(mem, &self.chains[..taken], &mut self.iov.0) {
                     break 'frames Some(e);
                 }
-                let spill = &mut self.bufs[slot];
                 let spill_len = BUF_SIZE.saturating_sub(capacity).max(1);
-                self.iov.0.push(libc::iovec {
-                    iov_base: spill.as_mut_ptr().cast(),
-                    iov_len: spill_len,
-                });
+                self.iov.0.push(self.slots.overflow_iovec(spill_len));
                 // SAFETY: the guest iovecs come from `VolatileSlice`s of `mem`
                 // inside mapped regions, of chains checked device-writable and
                 // not yet returned to the guest (it does not touch them);
-                // `mem` outlives the call. The last iovec is `spill_len <=
-                // spill.len()` bytes of our own slot buffer, free while its
-                // ring slot is empty; nothing else uses it during the call.
+                // `mem` outlives the call. The last iovec is `spill_len`
+                // bytes of our own overflow buffer, which nothing else uses
+                // during the call.
                 let r = unsafe { self.tap.queue(self.index).readv_raw(&self.iov.0) };
                 self.iov.0.clear();
                 let n = match r {
@@ -390,8 +414,11 @@ impl QueuePair {
                     for _ in 0..taken {
                         iter.go_to_previous_position();
                     }
-                    spill.copy_within(..n - capacity, capacity);
-                    if let Err(e) = read_guest(mem, &self.chains[..taken], &mut spill[..capacity]) {
+                    let chains = &self.chains[..taken];
+                    if let Err(e) = self
+                        .slots
+                        .assemble(slot, n, capacity, |head| read_guest(mem, chains, head))
+                    {
                         break 'frames Some(e);
                     }
                     let len = NonZeroUsize::new(n).expect("n > capacity >= 0");
@@ -492,7 +519,7 @@ impl QueuePair {
     fn drain_ring_into_aqm(&mut self, hdr_len: usize) {
         let Some(aqm) = &mut self.aqm else { return };
         while let Some((slot, len)) = self.consumer.peek() {
-            aqm.enqueue(&self.bufs[slot][..len.get()], hdr_len, &self.counters);
+            aqm.enqueue(self.slots.frame(slot, len.get()), hdr_len, &self.counters);
             if self.consumer.discard_one() == Woken::Yes {
                 QueueCounters::add(&self.counters.rx_reader_wakes, 1);
             }
@@ -532,7 +559,7 @@ impl QueuePair {
                     let Some((slot, len)) = self.consumer.peek() else {
                         return (delivered, bytes);
                     };
-                    let frame = &mut self.bufs[slot][..len.get()];
+                    let frame = self.slots.frame(slot, len.get());
                     (
                         deliver(queue, mem, neg, &mut self.chains, &mut self.rx_used, frame),
                         len.get(),

@@ -29,3 +29,4 @@ pub mod counters;
 pub mod datapath;
 pub mod relay;
 pub mod server;
+pub mod slots;
