@@ -495,9 +495,488 @@ def one_run(ctx, sc, system, fe, rep, rate=None):
 
 
 # --------------------------------------------------------------------------
+# helpers of the two scenarios with a real IP stack in the "guest"
+# (latency-slow: vu-bridge into a network namespace; xdp-tcg: a TCG guest)
+
+# Host addresses 198.18.X.1/24 (and guest .2) with X in this range: the e2e
+# tests use 110-112 and 200-249, the other scenarios no host address at all.
+SUBNETS = range(160, 200)
+
+
+def run_quiet(argv, timeout=20):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return subprocess.CompletedProcess(argv, 1, "", str(e))
+
+
+def run_ok(argv, timeout=20):
+    r = run_quiet(argv, timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"`{' '.join(argv)}` failed: {(r.stdout + r.stderr).strip()[-500:]}")
+    return r.stdout
+
+
+def free_subnet():
+    """A 198.18.X.0/24 (X in SUBNETS) that no address or route of this host uses."""
+    addrs = sh("ip -o -4 addr show")
+    routes = sh("ip -4 route show table all")
+    n = len(SUBNETS)
+    for i in range(n):
+        x = SUBNETS[(os.getpid() + i) % n]
+        p = f"198.18.{x}."
+        if p not in addrs and p not in routes:
+            return x
+    raise RuntimeError(f"no free 198.18.{SUBNETS[0]}-{SUBNETS[-1]}.0/24 subnet on this host")
+
+
+def host_addr(tap, cidr):
+    """The host side of the TAP: address, link up, no IPv6 chatter."""
+    run_quiet(["sysctl", "-qw", f"net.ipv6.conf.{tap}.disable_ipv6=1"])
+    run_ok(["ip", "addr", "add", cidr, "dev", tap])
+    run_ok(["ip", "link", "set", tap, "up"])
+
+
+def route_check(tap, ip):
+    """Traffic to ip must leave through our TAP, nowhere else."""
+    out = run_ok(["ip", "-o", "route", "get", ip])
+    if f" dev {tap} " not in out + " ":
+        raise RuntimeError(f"{ip} is not routed through {tap}: {out.strip()}")
+
+
+def wait_until(f, timeout, step=0.1):
+    end = time.monotonic() + timeout
+    while True:
+        v = f()
+        if v:
+            return v
+        if time.monotonic() >= end:
+            return None
+        time.sleep(step)
+
+
+def parse_ping(text):
+    """RTTs (ms) of `ping` output, (transmitted, received)."""
+    rtts = [float(m) for m in re.findall(r"time=([0-9.]+) ms", text)]
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+    tx, rx = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    return rtts, tx, rx
+
+
+def percentile(v, p):
+    """Nearest-rank percentile (as the e2e queueing test); None if empty."""
+    if not v:
+        return None
+    s = sorted(v)
+    rank = int(-(-p * len(s) // 100))  # ceil
+    return s[min(max(rank, 1), len(s)) - 1]
+
+
+def iperf3_streams(path):
+    """Per-stream receiver bit/s of an `iperf3 -J` client run."""
+    try:
+        with open(path) as f:
+            j = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"iperf3 JSON {path}: {e}")
+    if j.get("error"):
+        raise RuntimeError(f"iperf3: {j['error']}")
+    streams = (j.get("end") or {}).get("streams") or []
+    if not streams:
+        raise RuntimeError("iperf3 JSON has no end.streams")
+    return [s["receiver"]["bits_per_second"] for s in streams]
+
+
+def kv_line(text, marker):
+    """`k=v` integer pairs of the last line containing marker."""
+    lines = [l for l in text.splitlines() if marker in l]
+    if not lines:
+        return {}
+    out = {}
+    for kv in lines[-1].split():
+        k, _, v = kv.partition("=")
+        if v.isdigit():
+            out[k] = int(v)
+    return out
+
+
+def bridge_counters(proc, timeout=5.0):
+    """vu-bridge's counters now (SIGUSR1; one `vu-bridge: counters: k=v ...` line)."""
+    before = proc.text().count("counters:")
+    try:
+        proc.p.send_signal(signal.SIGUSR1)
+    except ProcessLookupError:
+        return {}
+    if wait_until(lambda: proc.text().count("counters:") > before, timeout, 0.02):
+        return kv_line(proc.text(), "counters:")
+    return {}
+
+
+def ns_tap_stats(ns, dev):
+    """Statistics of a device inside network namespace ns."""
+    out = run_quiet(["ip", "netns", "exec", ns, "sh", "-c",
+                     f"cd /sys/class/net/{dev}/statistics && grep . rx_packets tx_packets rx_dropped tx_dropped"]).stdout
+    r = {}
+    for line in out.splitlines():
+        k, _, v = line.partition(":")
+        if v.strip().isdigit():
+            r[k] = int(v)
+    return r
+
+
+def drops_from(res, s0, s1, win):
+    """Daemon counter deltas, drops by reason, AQM decisions (as one_run)."""
+    if "daemon" not in s1:
+        return
+    c0, c1 = s0["daemon"], s1["daemon"]
+    res["daemon_counters"] = {k: c1[k] - c0.get(k, 0) for k in c1
+                              if not k.endswith("high_water") and not k.startswith("rx_aqm_backlog")
+                              and k != "rx_aqm_flows"}
+    res["daemon_drops"] = {k: v for k, v in res["daemon_counters"].items() if is_drop(k) and v}
+    res["daemon_drops_total"] = sum(v for k, v in res["daemon_counters"].items() if is_drop(k))
+    res["aqm_drops"] = {k: v for k, v in res["daemon_counters"].items() if is_aqm_drop(k) and v}
+    res["aqm_drops_total"] = sum(v for k, v in res["daemon_counters"].items() if is_aqm_drop(k))
+    res["aqm_drops_ps"] = res["aqm_drops_total"] / win
+    res["ecn_marks"] = res["daemon_counters"].get("rx_aqm_ecn_marks")
+    res["ring_high_water"] = c1.get("rx_ring_high_water")
+
+
+def window_figures(res, s0, s1):
+    """CPU and kernel drop figures of the system under test between two snapshots."""
+    win = s1["t"] - s0["t_end"]
+    res["window_s"] = win
+    cpu = (s1["cpu"] or 0) - (s0["cpu"] or 0)
+    res["cpu_s"] = cpu
+    res["cpu_pct"] = 100 * cpu / win
+    res["threads_cpu_pct"] = {k: round(100 * (v - s0["threads"].get(k, 0)) / win, 1)
+                              for k, v in s1["threads"].items() if v - s0["threads"].get(k, 0) > 0}
+    d = lambda k: s1.get(k, 0) - s0.get(k, 0)
+    res["tap_tx_packets"] = d("tx_packets")
+    res["tap_tx_pps"] = d("tx_packets") / win
+    res["tun_tail_drops"] = d("tx_dropped")
+    res["tun_tail_drops_ps"] = d("tx_dropped") / win
+    res["qdisc_drops"] = d("qdisc_dropped")
+    res["qdisc_drops_ps"] = d("qdisc_dropped") / win
+    res["offered_pps"] = (d("qdisc_sent_pkts") + d("qdisc_dropped")) / win
+    drops_from(res, s0, s1, win)
+    return win
+
+
+def cleanup_dpdk_dirs():
+    pre = str(os.getpid() % 1000)
+    for d in glob.glob("/var/run/dpdk/bp*") + glob.glob("/var/run/dpdk/bf*"):
+        if os.path.basename(d).startswith(("bp" + pre, "bf" + pre)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def stop_all(procs, system):
+    for p in reversed(procs):
+        try:
+            p.stop(signal.SIGTERM if p.name in ("system", "bridge", "qemu") and system != "dpdk-peer"
+                   else signal.SIGINT)
+        except Exception as e:  # noqa: BLE001 - go on stopping the others
+            print(f"bench: stopping {p.name} (pid {p.pid}): {e}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
+# latency-slow: ping under bulk TCP load through a slow guest (vu-bridge)
+
+def latency_run(ctx, sc, system, rep):
+    """host stack → system's TAP → system → vu-bridge (rate-limited) → TAP2 in
+    a netns (Linux stack): N bulk TCP flows (iperf3 -C cubic) host → netns
+    and a ping every --ping-interval s, as tests/tests/queueing.rs does."""
+    a = ctx.args
+    fe = "vu-bridge"
+    name = f"{sc['id']}__{system}__{fe}__r{rep}"
+    logdir = os.path.join(ctx.outdir, "logs", name)
+    os.makedirs(logdir, exist_ok=True)
+    tap, tap2, ns = ctx.uniq("bt"), ctx.uniq("bb"), ctx.uniq("bns")
+    sock = os.path.join(logdir, "vhost.sock")
+    res = {"scenario": sc["id"], "kind": "latency", "dir": "h2g", "size": 1514, "gso": False, "queues": 1,
+           "system": system, "frontend": fe, "rep": rep, "duration": a.duration, "omit_s": a.omit,
+           "rate_mbit": a.slow_mbit, "flows_n": a.flows, "cc": a.cc, "ping_interval_s": a.ping_interval,
+           "ok": False, "error": None}
+    procs = []
+    ns_made = False
+    try:
+        bridge_bin = os.path.join(ctx.bin, "vu-bridge")
+        if not os.path.exists(bridge_bin):
+            raise RuntimeError(f"{bridge_bin} is missing (cargo build --release -p vu-driver --bins)")
+        sp, ok = start_system(ctx, system, sc, logdir, tap, sock)
+        procs.append(sp)
+        if not ok:
+            raise RuntimeError(f"{system} did not start:\n{sp.text()[-2000:]}")
+        x = free_subnet()
+        hip, gip = f"198.18.{x}.1", f"198.18.{x}.2"
+        res["subnet"] = f"198.18.{x}.0/24"
+        run_ok(["ip", "netns", "add", ns])
+        ns_made = True
+        run_quiet(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                   "net.ipv6.conf.default.disable_ipv6=1"])
+        br = Proc("bridge", [bridge_bin, "--socket", sock, "--tap", tap2, "--netns", ns,
+                             "--addr", f"{gip}/24", "--rate-mbit", str(a.slow_mbit),
+                             "--rx-buffers", str(a.rx_buffers)], logdir)
+        procs.append(br)
+        if not br.wait_for(r"vu-bridge: ready", 20):
+            raise RuntimeError(f"vu-bridge did not start:\n{br.text()[-2000:]}")
+        if system.startswith("vhost-tap") and not sp.wait_for(r"guest acked features", 10):
+            raise RuntimeError("daemon saw no feature negotiation")
+        if not wait_until(lambda: os.path.exists(f"/sys/class/net/{tap}"), 10):
+            raise RuntimeError(f"no TAP {tap}")
+        host_addr(tap, f"{hip}/24")
+        route_check(tap, gip)
+        if not wait_until(lambda: run_quiet(["ping", "-c", "1", "-W", "1", "-n", "-q", gip]).returncode == 0, 20):
+            raise RuntimeError(f"{gip} does not answer through {system} and vu-bridge:\n{br.text()[-2000:]}")
+        srv = Proc("iperf3-server", ["ip", "netns", "exec", ns, "iperf3", "-s", "-p", "5201", "-B", gip], logdir)
+        procs.append(srv)
+        if not wait_until(lambda: "5201" in run_quiet(["ip", "netns", "exec", ns, "ss", "-Hltn",
+                                                        "sport = :5201"]).stdout, 10):
+            raise RuntimeError(f"iperf3 server did not listen in {ns}:\n{srv.text()[-1000:]}")
+        jpath = os.path.join(logdir, "iperf3.json")
+        dur = max(2, int(round(a.duration)))
+        omit = max(0, int(round(a.omit)))
+        cli = Proc("iperf3-client", ["iperf3", "-c", gip, "-p", "5201", "-J", "--logfile", jpath,
+                                     "-C", a.cc, "-P", str(a.flows), "-t", str(dur), "-O", str(omit)], logdir)
+        procs.append(cli)
+        t_cli = time.monotonic()
+        time.sleep(omit + 0.3)
+        tap2_0 = ns_tap_stats(ns, tap2)
+        b0 = bridge_counters(br)
+        s0 = snapshot(sp, system, tap)
+        count = max(10, int((dur - 0.7) / a.ping_interval))
+        ping = Proc("ping", ["ping", "-n", "-i", str(a.ping_interval), "-W", "2", "-c", str(count), gip], logdir)
+        procs.append(ping)
+        try:
+            ping.p.wait(dur + 20)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("ping did not end")
+        s1 = snapshot(sp, system, tap)
+        tap2_1 = ns_tap_stats(ns, tap2)
+        b1 = bridge_counters(br)
+        res["bridge"] = {k: v if k.endswith("high_water") or k in ("held", "rx_buffers_posted") else v - b0.get(k, 0)
+                         for k, v in b1.items()}
+        try:
+            cli.p.wait(max(5, t_cli + omit + dur + 30 - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"iperf3 client did not end:\n{cli.text()[-1000:]}")
+        ping.t.join(5)
+        flows = [b / 1e6 for b in iperf3_streams(jpath)]
+        rtts, ptx, prx = parse_ping(ping.text())
+        if not rtts:
+            raise RuntimeError(f"no ping reply under load:\n{ping.text()[-1000:]}")
+        win = window_figures(res, s0, s1)
+        res["ping_sent"], res["ping_recv"] = ptx, prx
+        res["ping_loss_pct"] = 100 * (ptx - min(prx, ptx)) / ptx if ptx else None
+        res["ping_p50_ms"] = percentile(rtts, 50)
+        res["ping_p99_ms"] = percentile(rtts, 99)
+        res["ping_max_ms"] = max(rtts)
+        res["ping_min_ms"] = min(rtts)
+        res["flows_mbps"] = [round(f, 3) for f in flows]
+        res["goodput_mbps"] = sum(flows)
+        res["flow_spread_pct"] = 100 * (max(flows) / min(flows) - 1) if min(flows) > 0 else None
+        res["tap2_rx_dropped"] = tap2_1.get("rx_dropped", 0) - tap2_0.get("rx_dropped", 0)
+        res["tap2_tx_dropped"] = tap2_1.get("tx_dropped", 0) - tap2_0.get("tx_dropped", 0)
+        # frames delivered to the slow guest over the window (the bridge's
+        # RX, written to TAP2 at its rate)
+        res["pps"] = res["bridge"].get("rx_frames", 0) / win
+        res["bps"] = 8 * res["bridge"].get("rx_bytes", 0) / win
+        if system == "dpdk-peer":
+            ser = sp.testpmd_series()
+            rin = rate_between(ser, "p1_RX-packets", s0["t_end"], s1["t"])
+            rout = rate_between(ser, "p0_TX-packets", s0["t_end"], s1["t"])
+            if rin and rout:
+                res["peer_drops_ps"] = max(0.0, rin[0] / rin[1] - rout[0] / rout[1])
+        res["ok"] = True
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the benchmark goes on
+        res["error"] = str(e)[-3000:]
+    finally:
+        stop_all(procs, system)
+        if ns_made:
+            run_quiet(["ip", "netns", "del", ns])
+        for dev in (tap2, tap):
+            if os.path.exists(f"/sys/class/net/{dev}"):
+                run_quiet(["ip", "link", "del", dev])
+        cleanup_dpdk_dirs()
+        if os.path.exists(sock):
+            os.unlink(sock)
+    return res
+
+
+# --------------------------------------------------------------------------
+# xdp-tcg: host trafgen → daemon → TCG guest running `xdp-bench drop`
+# (tests/tests/vm_floods.rs, xdp_flood)
+
+XDP_GUEST_SCRIPT = r"""
+# Foreground: a background job of a non-interactive shell ignores SIGINT.
+( i=0
+  while ! /sbin/ip link show dev eth0 | grep -q xdp && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  echo GXDP-READY ) &
+timeout -s INT XDP_SECS xdp-bench drop -i 1 eth0
+wait
+/sbin/ip link set dev eth0 xdp off 2>/dev/null
+ethtool -S eth0 | grep -E '^ *rx[_a-z]*0_xdp_(drops|packets):' | sed 's/^ */GSTAT /'
+echo GUEST-DONE
+"""
+
+
+def console_markers(path, key):
+    """Console lines with the word `key` (escape sequences may precede it):
+    the rest of each line, trimmed (as e2e's Guest::markers)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    out = []
+    for l in text.splitlines():
+        l = l.rstrip("\r")
+        i = l.find(key)
+        if i < 0:
+            continue
+        rest = l[i + len(key):]
+        if (i == 0 or not (l[i - 1].isalnum() or l[i - 1] == "-")) and (not rest or rest.startswith(" ")):
+            out.append(rest.strip())
+    return out
+
+
+def ensure_vm_image(ctx):
+    """vm-images/build.sh (cached: a matching stamp is a no-op); None or an error text."""
+    if getattr(ctx, "vm_image_error", "unset") != "unset":
+        return ctx.vm_image_error
+    log = os.path.join(ctx.outdir, "logs", "vm-image-build.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w") as f:
+        r = subprocess.run(["bash", os.path.join(REPO, "vm-images", "build.sh")], stdout=f,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    ctx.vm_image_error = None if r.returncode == 0 else f"vm-images/build.sh failed (exit {r.returncode}), see {log}"
+    return ctx.vm_image_error
+
+
+def xdp_run(ctx, sc, system, rep):
+    a = ctx.args
+    fe = "tcg"
+    name = f"{sc['id']}__{system}__{fe}__r{rep}"
+    logdir = os.path.join(ctx.outdir, "logs", name)
+    os.makedirs(logdir, exist_ok=True)
+    tap = ctx.uniq("bt")
+    sock = os.path.join(logdir, "vhost.sock")
+    console = os.path.join(logdir, "console.log")
+    flood_s = max(2, int(round(a.duration)))
+    count = int(a.xdp_pps * flood_s)
+    res = {"scenario": sc["id"], "kind": "xdp", "dir": "h2g", "size": 60, "gso": False, "queues": 1,
+           "system": system, "frontend": fe, "rep": rep, "duration": flood_s, "flood_pps": a.xdp_pps,
+           "flood_frames": count, "ok": False, "error": None}
+    procs = []
+    t_start = time.monotonic()
+    try:
+        err = ensure_vm_image(ctx)
+        if err:
+            raise RuntimeError(err)
+        sp, ok = start_system(ctx, system, sc, logdir, tap, sock)
+        procs.append(sp)
+        if not ok:
+            raise RuntimeError(f"{system} did not start:\n{sp.text()[-2000:]}")
+        x = free_subnet()
+        hip, gip = f"198.18.{x}.1", f"198.18.{x}.2"
+        gmac = f"52:54:00:18:{x:02x}:02"
+        res["subnet"] = f"198.18.{x}.0/24"
+        host_addr(tap, f"{hip}/24")
+        route_check(tap, gip)
+        with open(f"/sys/class/net/{tap}/address") as f:
+            hmac = f.read().strip()
+        conf = os.path.join(logdir, "udp.trafgen")
+        with open(conf, "w") as f:
+            f.write(f"{{ eth(da={gmac}, sa={hmac}, type=0x0800), ipv4(saddr={hip}, daddr={gip}), "
+                    "udp(sp=dinc(1024,1087), dp=9), fill(0x41, 18) }\n")
+        script = os.path.join(logdir, "guest.sh")
+        xdp_secs = flood_s + 12
+        with open(script, "w") as f:
+            f.write(XDP_GUEST_SCRIPT.replace("XDP_SECS", str(xdp_secs)))
+        # Foreground run-guest.sh execs `timeout ... qemu` (a safety net if
+        # bench.py dies): QEMU is in this Proc's process group.
+        qemu = Proc("qemu", ["bash", os.path.join(REPO, "vm-images", "run-guest.sh"), "-s", sock, "-S", script,
+                             "-l", console, "--ip", f"{gip}/24", "-m", gmac, "-t", str(a.vm_boot_timeout + xdp_secs + 120)],
+                    logdir)
+        procs.append(qemu)
+        t_boot = time.monotonic()
+        if not wait_until(lambda: console_markers(console, "GXDP-READY") or not qemu.alive()
+                          or console_markers(console, "VT-GUEST: exit="), a.vm_boot_timeout, 0.2) \
+                or not console_markers(console, "GXDP-READY"):
+            raise RuntimeError(f"no GXDP-READY from the guest after {time.monotonic() - t_boot:.0f} s; "
+                               f"console tail:\n{open(console, errors='replace').read()[-1500:] if os.path.exists(console) else ''}"
+                               f"\n{qemu.text()[-500:]}")
+        res["boot_to_xdp_s"] = time.monotonic() - t_boot
+        time.sleep(0.3)
+        s0 = snapshot(sp, system, tap)
+        gen = Proc("trafgen", ["trafgen", "--dev", tap, "--conf", conf, "-P", "1", "--no-sock-mem", "-q",
+                               "-n", str(count), "-b", f"{int(a.xdp_pps)}pps"], logdir, cpus=GEN_CPU)
+        procs.append(gen)
+        try:
+            gen.p.wait(flood_s * 3 + 20)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("trafgen did not end")
+        s1 = snapshot(sp, system, tap)
+        if gen.p.returncode != 0:
+            raise RuntimeError(f"trafgen exit {gen.p.returncode}:\n{gen.text()[-1000:]}")
+        if not wait_until(lambda: console_markers(console, "GUEST-DONE") or not qemu.alive(), xdp_secs + 60, 0.2) \
+                or not console_markers(console, "GUEST-DONE"):
+            raise RuntimeError("no GUEST-DONE from the guest")
+        win = window_figures(res, s0, s1)
+        dc = res.get("daemon_counters") or {}
+        delivered = dc.get("rx_frames", 0)
+        res["pps"] = delivered / win                      # frames the daemon put into the guest
+        res["us_per_frame"] = 1e6 * res["cpu_s"] / delivered if delivered else None
+        read = res["tap_tx_packets"]
+        res["us_per_frame_read"] = 1e6 * res["cpu_s"] / read if read else None
+        # xdp-bench per 1 s: "Summary  N rx/s  M err/s" (its whole run, idle
+        # seconds included); busy seconds = above 10 % of the peak.
+        rates = []
+        for m in console_markers(console, "Summary"):
+            w = m.split()
+            try:
+                rates.append(float(w[0].replace(",", "")))
+            except (IndexError, ValueError):
+                pass
+        res["xdp_rates"] = rates
+        busy = [r for r in rates if rates and r > 0.1 * max(rates)]
+        res["xdp_1s_median_pps"] = statistics.median(busy) if busy else None
+        res["xdp_1s_max_pps"] = max(busy) if busy else None
+        avg = console_markers(console, "Average packets/s")
+        try:
+            res["xdp_bench_avg_pps"] = float(avg[-1].lstrip(":").strip().replace(",", ""))
+        except (IndexError, ValueError):
+            res["xdp_bench_avg_pps"] = None
+        gst = {}
+        for m in console_markers(console, "GSTAT"):
+            k, _, v = m.partition(":")
+            if v.strip().isdigit():
+                gst[k.strip()] = int(v)
+        res["guest_ethtool"] = gst
+        res["xdp_drops_total"] = next((v for k, v in gst.items() if k.endswith("xdp_drops")), None)
+        # The guest's XDP drop rate: its drop counter (XDP attached before the
+        # flood, nothing else on the link) over the flood's window on the host.
+        # Frames still queued at the window's end (tun ring + daemon ring/queue,
+        # ~1-2 k) are counted too: an error of ~1 %.
+        res["xdp_drop_pps"] = res["xdp_drops_total"] / win if res["xdp_drops_total"] else None
+        if not res["xdp_drop_pps"] or not rates:
+            raise RuntimeError(f"the guest reported no XDP drops (xdp-bench rates {rates}, ethtool {gst})")
+        res["ok"] = True
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the benchmark goes on
+        res["error"] = str(e)[-3000:]
+    finally:
+        stop_all(procs, system)
+        if os.path.exists(f"/sys/class/net/{tap}"):
+            run_quiet(["ip", "link", "del", tap])
+        if os.path.exists(sock):
+            os.unlink(sock)
+        res["wall_s"] = time.monotonic() - t_start
+    return res
+
+
+# --------------------------------------------------------------------------
 # scenarios
 
-def scenarios(systems_h2g, systems_g2h):
+def scenarios(systems_h2g, systems_g2h, a):
     fes = ["testpmd", "vu"]
     S = []
     def add(id_, dir_, size, queues=1, gso=False, frontends=fes, systems=None, bare=True, slow=False, title="",
@@ -519,6 +998,18 @@ def scenarios(systems_h2g, systems_g2h):
     add("g2h-64-2q", "g2h", 64, queues=2, systems=systems_g2h, title="guest→host, 64 B, 2 queue pairs")
     add("h2g-slow", "h2g", 64, frontends=["vu"], systems=systems_h2g, bare=False, slow=True,
         title="host→guest, 64 B, slow guest taking 10 % of the offered rate")
+    # Scenarios with an IP stack behind the system under test (own run
+    # functions; "kind" selects them).
+    S.append({"id": "latency-slow", "kind": "latency", "dir": "h2g", "size": 1514, "queues": 1, "gso": False,
+              "combos": [(s, "vu-bridge") for s in systems_h2g], "slow": False,
+              "title": f"latency under load: ping every {a.ping_interval * 1000:g} ms host → slow guest "
+                       f"(vu-bridge at {a.slow_mbit:g} Mbit/s into a netns) while {a.flows} bulk TCP flows "
+                       f"(iperf3 -C {a.cc}) saturate it"})
+    # A TCG boot per run (~25-35 s a run); --no-vm leaves it out.
+    S.append({"id": "xdp-tcg", "kind": "xdp", "dir": "h2g", "size": 60, "queues": 1, "gso": False,
+              "combos": [(s, "tcg") for s in systems_h2g if s.startswith("vhost-tap")], "slow": False,
+              "optout": a.no_vm, "reps": a.xdp_reps if a.xdp_reps else a.reps,
+              "title": f"host trafgen 60 B at {a.xdp_pps / 1e3:g} kpps → TCG guest running `xdp-bench drop` on eth0"})
     return S
 
 
@@ -543,6 +1034,8 @@ def fmt(v, unit=""):
         return f"{v:.2f}"
     if unit == "pct":
         return f"{v:.0f}"
+    if unit == "ms":
+        return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
     return f"{v:.0f}"
 
 
@@ -557,7 +1050,11 @@ def aggregate(results):
              "errors": [r["error"] for r in rs if not r["ok"]]}
         for k in ("pps", "bps", "us_per_frame", "cpu_pct", "offered_pps", "tun_tail_drops_ps",
                   "qdisc_drops_ps", "guest_drops_ps", "peer_drops_ps", "sent_pps", "daemon_drops_total",
-                  "aqm_drops_ps"):
+                  "aqm_drops_ps",
+                  # latency-slow, xdp-tcg
+                  "ping_p50_ms", "ping_p99_ms", "ping_max_ms", "ping_loss_pct", "goodput_mbps",
+                  "flow_spread_pct", "tun_tail_drops", "qdisc_drops", "aqm_drops_total", "ecn_marks",
+                  "xdp_drop_pps", "xdp_1s_median_pps", "xdp_1s_max_pps", "us_per_frame_read"):
             g[k] = med_spread([r.get(k) for r in ok])
         drops = {}
         for r in ok:
@@ -565,6 +1062,14 @@ def aggregate(results):
                 drops[k] = drops.get(k, 0) + v
         g["daemon_drops_by_reason"] = drops
         g["threads"] = ok[len(ok) // 2].get("threads_cpu_pct") if ok else {}
+        aqm = {}
+        for r in ok:
+            for k, v in (r.get("aqm_drops") or {}).items():
+                aqm[k] = aqm.get(k, 0) + v
+        g["aqm_drops_by_reason"] = aqm
+        # per-flow Mbit/s of the run with the median p99 (latency-slow)
+        lat = sorted((r for r in ok if r.get("ping_p99_ms") is not None), key=lambda r: r["ping_p99_ms"])
+        g["flows_mbps_median_run"] = lat[len(lat) // 2].get("flows_mbps") if lat else None
         out.append(g)
     return out
 
@@ -577,14 +1082,23 @@ def summary_md(S, agg, meta):
     L.append(f"Machine: {meta['cpu']}, {meta['ncpu']} CPUs, kernel {meta['kernel']}  ")
     L.append(f"Load before/after: `{meta['uptime_before']}` / `{meta.get('uptime_after', '')}`  ")
     L.append(f"Repetitions: {meta['reps']} × {meta['duration']} s (warm-up {meta['warmup']} s); "
-             "medians, spread = min–max over the repetitions.\n")
+             "medians, spread = min–max over the repetitions"
+             + (f" (except: {', '.join(f'{k} {v}×' for k, v in meta['reps_per_scenario'].items())})" if meta.get("reps_per_scenario") else "") + ".\n")
     L.append("Placement: trafgen on CPU 0, frontend (testpmd forwarding lcore 1 / vu-guest) on CPU 1, "
-             "system under test unpinned (DPDK peer: -l 0,1, forwarding lcore on CPU 1).\n")
+             "system under test unpinned (DPDK peer: -l 0,1, forwarding lcore on CPU 1). "
+             "latency-slow: vu-bridge, iperf3 and ping unpinned; xdp-tcg: trafgen on CPU 0, QEMU (2 TCG vCPU "
+             "threads) and the daemon unpinned.\n")
     for sc in S:
         rows = [by[(sc["id"], s, f)] for s, f in sc["combos"] if (sc["id"], s, f) in by]
         if not rows:
             continue
         L.append(f"## {sc['id']}: {sc['title']}\n")
+        if sc.get("kind") == "latency":
+            L += latency_md(rows, meta)
+            continue
+        if sc.get("kind") == "xdp":
+            L += xdp_md(rows, meta)
+            continue
         gbps = sc.get("gso") or sc["size"] > 1000
         L.append("| system | frontend | Mpps (min–max) | " + ("Gbit/s | " if gbps else "") +
                  "CPU % | µs CPU/frame (min–max) | offered Mpps | tun tail drops/s | qdisc drops/s | "
@@ -611,6 +1125,67 @@ def summary_md(S, agg, meta):
         for g in fails:
             L.append(f"- {g['scenario']} {g['system']} {g['frontend']}: {g['errors'][0][:300]!r}")
     return "\n".join(L) + "\n"
+
+
+def mm(t, unit=""):
+    """'median (min–max)' of a med_spread triple."""
+    m, lo, hi = t
+    if m is None:
+        return "–"
+    if lo == hi:
+        return fmt(m, unit)
+    return f"{fmt(m, unit)} ({fmt(lo, unit)}–{fmt(hi, unit)})"
+
+
+def reasons_txt(total, by_reason):
+    if total is None:
+        return "–"
+    return f"{total:.0f}" + (f" ({', '.join(f'{k}={v}' for k, v in by_reason.items())})" if by_reason else "")
+
+
+def latency_md(rows, meta):
+    L = ["| system | ping p50 ms | ping p99 ms | ping max ms | ping loss % | goodput Mbit/s | per-flow Mbit/s "
+         "(median run) | flow spread % | tun tail drops/s | qdisc drops/s | daemon drops | AQM drops/s "
+         "(by reason, all reps) | ECN marks | peer drops/s | CPU % |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in rows:
+        err = "" if g["ok_runs"] == g["runs"] else f" ({g['runs'] - g['ok_runs']} failed)"
+        flows = g.get("flows_mbps_median_run")
+        aqm = fmt(g["aqm_drops_ps"][0]) + (f" ({', '.join(f'{k}={v}' for k, v in g['aqm_drops_by_reason'].items())})"
+                                            if g.get("aqm_drops_by_reason") else "")
+        L.append(f"| {g['system']}{err} | {mm(g['ping_p50_ms'], 'ms')} | {mm(g['ping_p99_ms'], 'ms')} | "
+                 f"{mm(g['ping_max_ms'], 'ms')} | {fmt(g['ping_loss_pct'][0], 'ms')} | {mm(g['goodput_mbps'], 'ms')} | "
+                 f"{' / '.join(f'{f:.1f}' for f in flows) if flows else '–'} | {mm(g['flow_spread_pct'], 'pct')} | "
+                 f"{mm(g['tun_tail_drops_ps'])} | {fmt(g['qdisc_drops_ps'][0])} | "
+                 f"{reasons_txt(g['daemon_drops_total'][0], g['daemon_drops_by_reason'])} | {aqm} | "
+                 f"{fmt(g['ecn_marks'][0])} | {fmt(g['peer_drops_ps'][0])} | {fmt(g['cpu_pct'][0], 'pct')} |")
+    L.append("")
+    L.append("Ping RTT host → slow guest's namespace, nearest-rank percentiles per run, then median (min–max) over "
+             "the repetitions; goodput = sum of the iperf3 receiver rates; spread = fastest/slowest flow − 1; "
+             "drops per second over the ping window (after iperf3's omitted slow start). CPU % = the system "
+             "under test's (daemon or testpmd peer) over the window.\n")
+    return L
+
+
+def xdp_md(rows, meta):
+    L = ["| system | guest XDP drop pps (min–max) | xdp-bench 1 s rates: median / max | daemon → guest pps | µs CPU/frame "
+         "(min–max) | µs CPU/frame read from TAP | CPU % | offered pps | tun tail drops/s | qdisc drops/s | "
+         "daemon drops | AQM drops/s |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in rows:
+        err = "" if g["ok_runs"] == g["runs"] else f" ({g['runs'] - g['ok_runs']} failed)"
+        L.append(f"| {g['system']}{err} | {mm(g['xdp_drop_pps'])} | {fmt(g['xdp_1s_median_pps'][0])} / "
+                 f"{fmt(g['xdp_1s_max_pps'][0])} | "
+                 f"{mm(g['pps'])} | {mm(g['us_per_frame'], 'us')} | {fmt(g['us_per_frame_read'][0], 'us')} | "
+                 f"{fmt(g['cpu_pct'][0], 'pct')} | {fmt(g['offered_pps'][0])} | {mm(g['tun_tail_drops_ps'])} | "
+                 f"{fmt(g['qdisc_drops_ps'][0])} | {reasons_txt(g['daemon_drops_total'][0], g['daemon_drops_by_reason'])} | "
+                 f"{fmt(g['aqm_drops_ps'][0])} |")
+    L.append("")
+    L.append("Guest XDP drop pps = the guest's `rx0_xdp_drops` (ethtool) ÷ the trafgen window on the host; "
+             "xdp-bench's own 1 s rates (seconds above 10 % of the peak) beside it. Host figures over the "
+             "trafgen window; µs CPU/frame = daemon CPU ÷ frames it put into the guest (and ÷ frames it read "
+             "from the TAP, which in fq-codel mode includes the AQM's drops).\n")
+    return L
 
 
 def targets(agg):
@@ -669,6 +1244,22 @@ def targets(agg):
         L.append(f"| (fq-codel AQM decisions, drops/s, not counted above) | {aqm} | by design | – |")
     line("daemon drops, every scenario (all repetitions)", f"{tot:.0f} " + (str(reasons) if reasons else ""),
          "0", tot == 0)
+    # The queueing issue's bounds (tests/tests/queueing.rs), from latency-slow.
+    bp = by.get(("latency-slow", "vhost-tap", "vu-bridge"))
+    fq = by.get(("latency-slow", "vhost-tap-fq-codel", "vu-bridge"))
+    if fq and fq["ping_p99_ms"][0] is not None:
+        p99 = fq["ping_p99_ms"][0]
+        line("latency-slow: fq-codel ping p99 under load", f"{p99:.1f} ms", "≤ 25 ms", p99 <= 25)
+        if bp and bp["ping_p99_ms"][0]:
+            r = bp["ping_p99_ms"][0] / p99 if p99 else float("inf")
+            line("latency-slow: p99 backpressure ÷ fq-codel", f"{bp['ping_p99_ms'][0]:.1f} / {p99:.1f} ms = {r:.1f}×",
+                 "≥ 4×", r >= 4)
+        t = fq["tun_tail_drops"][2]
+        if t is not None:
+            line("latency-slow: fq-codel tun tail drops (max over reps)", f"{t:.0f}", "0", t == 0)
+        sp = fq["flow_spread_pct"][0]
+        if sp is not None:
+            line("latency-slow: fq-codel flow spread", f"{sp:.1f} %", "≤ 10 %", sp <= 10)
     return L
 
 
@@ -684,6 +1275,12 @@ def plots(S, agg, outdir):
     files = []
     for sc in S:
         rows = [by[(sc["id"], s, f)] for s, f in sc["combos"] if (sc["id"], s, f) in by]
+        if sc.get("kind") == "latency":
+            files += latency_plot(plt, sc, [g for g in rows if g["ping_p50_ms"][0] is not None], outdir)
+            continue
+        if sc.get("kind") == "xdp":
+            files += xdp_plot(plt, sc, [g for g in rows if g["xdp_drop_pps"][0] is not None], outdir)
+            continue
         rows = [g for g in rows if g["pps"][0] is not None]
         if not rows:
             continue
@@ -712,7 +1309,85 @@ def plots(S, agg, outdir):
     return files
 
 
+def _bars(ax, rows, specs, log=False):
+    """Grouped bars, median with min–max error bars; specs: [(key, scale, label, color)]."""
+    n = len(specs)
+    w = 0.8 / n
+    for i, (k, scale, label, color) in enumerate(specs):
+        vals = [(g[k][0] or 0) / scale for g in rows]
+        lo = [max(0, v - (g[k][1] or 0) / scale) for v, g in zip(vals, rows)]
+        hi = [max(0, (g[k][2] or 0) / scale - v) for v, g in zip(vals, rows)]
+        xs = [j + (i - (n - 1) / 2) * w for j in range(len(rows))]
+        ax.bar(xs, vals, w, yerr=[lo, hi], color=color, capsize=3, label=label)
+        for x_, v in zip(xs, vals):
+            if v > 0:
+                ax.annotate(f"{v:.3g}", (x_, v), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([g["system"] for g in rows], fontsize=7)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=7)
+
+
+def latency_plot(plt, sc, rows, outdir):
+    if not rows:
+        return []
+    fig, axs = plt.subplots(1, 2, figsize=(9, 3.4))
+    _bars(axs[0], rows, [("ping_p50_ms", 1, "p50", "#1f77b4"), ("ping_p99_ms", 1, "p99", "#d62728")], log=True)
+    axs[0].set_ylabel("ping RTT, ms (log)")
+    axs[0].set_title("ping under load", fontsize=9)
+    _bars(axs[1], rows, [("tun_tail_drops_ps", 1, "tun tail drops", "#7f7f7f"),
+                         ("aqm_drops_ps", 1, "daemon AQM drops", "#2ca02c"),
+                         ("peer_drops_ps", 1, "DPDK peer drops", "#ff7f0e")])
+    axs[1].set_ylabel("frames/s")
+    axs[1].set_title("where frames were dropped", fontsize=9)
+    fig.suptitle(f"{sc['id']}: {sc['title']}", fontsize=7.5)
+    fig.tight_layout()
+    f = os.path.join(outdir, f"{sc['id']}.png")
+    fig.savefig(f, dpi=80)
+    plt.close(fig)
+    return [f]
+
+
+def xdp_plot(plt, sc, rows, outdir):
+    if not rows:
+        return []
+    fig, axs = plt.subplots(1, 2, figsize=(9, 3.2))
+    _bars(axs[0], rows, [("xdp_drop_pps", 1e3, "guest XDP drop", "#1f77b4"),
+                         ("tun_tail_drops_ps", 1e3, "tun tail drops", "#7f7f7f")])
+    axs[0].set_ylabel("kpps")
+    axs[0].set_title("guest XDP drop rate, tun tail drops", fontsize=9)
+    _bars(axs[1], rows, [("us_per_frame", 1, "daemon µs CPU/frame", "#1f77b4")])
+    axs[1].set_ylabel("µs")
+    axs[1].set_title("daemon CPU per frame delivered", fontsize=9)
+    fig.suptitle(f"{sc['id']}: {sc['title']}", fontsize=8)
+    fig.tight_layout()
+    f = os.path.join(outdir, f"{sc['id']}.png")
+    fig.savefig(f, dpi=80)
+    plt.close(fig)
+    return [f]
+
+
 # --------------------------------------------------------------------------
+
+def build_bridge(a, outdir):
+    """vu-bridge (crates/vu-driver) for latency-slow: run.sh builds only the
+    vhost-tap and bench packages, so build it here into the same target dir
+    (a no-op when it is up to date). Without cargo, use what is there."""
+    bindir = os.path.abspath(a.bin)
+    if shutil.which("cargo") and os.path.basename(bindir) == "release":
+        log = os.path.join(outdir, "logs", "build-vu-bridge.log")
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        env = dict(os.environ, CARGO_TARGET_DIR=os.path.dirname(bindir))
+        with open(log, "w") as f:
+            r = subprocess.run(["cargo", "build", "--release", "-p", "vu-driver", "--bin", "vu-bridge"],
+                               cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            print(f"bench: building vu-bridge failed (see {log}); using {bindir}/vu-bridge if present",
+                  file=sys.stderr)
+    if not os.path.exists(os.path.join(bindir, "vu-bridge")):
+        print(f"bench: {bindir}/vu-bridge missing: latency-slow runs will fail", file=sys.stderr)
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -724,11 +1399,30 @@ def main():
     ap.add_argument("--systems", default="", help="comma list: vhost-tap,vhost-tap-fq-codel,dpdk-peer,bare")
     ap.add_argument("--frontends", default="", help="comma list: testpmd,vu")
     ap.add_argument("--slow-fraction", type=float, default=0.10)
+    g = ap.add_argument_group("latency-slow (vu-bridge slow guest, ping under TCP load)")
+    g.add_argument("--slow-mbit", type=float, default=50.0, help="vu-bridge forwarding rate, Mbit/s (default 50)")
+    g.add_argument("--rx-buffers", type=int, default=32, help="RX buffers the slow guest owns (default 32)")
+    g.add_argument("--flows", type=int, default=4, help="bulk TCP flows, iperf3 -P (default 4)")
+    g.add_argument("--cc", default="cubic", help="their congestion control, iperf3 -C (default cubic)")
+    g.add_argument("--ping-interval", type=float, default=0.02, help="ping -i, s (default 0.02)")
+    g.add_argument("--omit", type=float, default=3.0,
+                   help="s of slow start before the window (iperf3 -O; default 3)")
+    g = ap.add_argument_group("xdp-tcg (TCG guest running xdp-bench drop)")
+    g.add_argument("--xdp-pps", type=float, default=100000, help="trafgen rate (default 100000)")
+    g.add_argument("--xdp-reps", type=int, default=0, help="repetitions of xdp-tcg (default: --reps)")
+    g.add_argument("--no-vm", action="store_true", help="leave xdp-tcg out of a run without --scenarios")
+    g.add_argument("--vm-boot-timeout", type=float, default=150, help="s until xdp-bench runs in the guest")
     ap.add_argument("--perf", action="store_true", help="perf record the daemon in its first repetition")
     ap.add_argument("--bin", default=os.environ.get("BENCH_BIN", "/work/target-bench/release"))
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     ap.add_argument("--command", default=" ".join(sys.argv))
     a = ap.parse_args()
+    # SIGTERM/SIGHUP like Ctrl-C: the running scenario's `finally` stops its
+    # processes and removes its TAPs, namespace and socket.
+    def _interrupt(sig, frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     if a.quick:
         a.reps, a.duration, a.warmup = 1, 3.0, 1.0
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -739,14 +1433,25 @@ def main():
     helptext = subprocess.run([os.path.join(a.bin, "vhost-tap"), "--help"], capture_output=True, text=True).stdout
     sys_h2g = ["vhost-tap"] + (["vhost-tap-fq-codel"] if "fq-codel" in helptext else []) + ["dpdk-peer"]
     sys_g2h = ["vhost-tap", "dpdk-peer"]
-    S = scenarios(sys_h2g, sys_g2h)
+    S = scenarios(sys_h2g, sys_g2h, a)
     want_sc = set(filter(None, a.scenarios.split(",")))
     want_sys = set(filter(None, a.systems.split(",")))
     want_fe = set(filter(None, a.frontends.split(",")))
-    S = [s for s in S if not want_sc or s["id"] in want_sc]
+    unknown = want_sc - {s["id"] for s in S}
+    if unknown:
+        ap.error(f"unknown scenario(s) {sorted(unknown)}; known: {[s['id'] for s in S]}")
+    if want_sc:
+        S = [s for s in S if s["id"] in want_sc]
+    else:
+        S = [s for s in S if not s.get("optout")]  # --no-vm
     for s in S:
+        # --frontends picks among testpmd/vu; the special scenarios' own
+        # "frontends" (none, vu-bridge, tcg) always pass.
         s["combos"] = [(sy, fe) for sy, fe in s["combos"]
-                       if (not want_sys or sy in want_sys) and (not want_fe or fe in want_fe or fe == "none")]
+                       if (not want_sys or sy in want_sys)
+                       and (not want_fe or fe in want_fe or fe in ("none", "vu-bridge", "tcg"))]
+    if any(s.get("kind") == "latency" and s["combos"] for s in S):
+        build_bridge(a, outdir)
 
     meta = {"stamp": stamp, "command": a.command, "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
             "ncpu": os.cpu_count(), "kernel": os.uname().release, "uptime_before": sh("uptime"),
@@ -754,27 +1459,54 @@ def main():
             "vhost_tap_help_modes": [m for m in ("backpressure", "fq-codel", "auto") if m in helptext],
             "dpdk": sh("dpkg-query -W -f='${Version}' dpdk"), "trafgen": sh("trafgen -v | head -1"),
             "git": sh(f"git -C {REPO} rev-parse --short HEAD") + (" + uncommitted changes" if sh(f"git -C {REPO} status --porcelain crates") else "")}
-    print(f"bench: {len(S)} scenarios, {sum(len(s['combos']) for s in S)} combinations × {a.reps} → {outdir}", flush=True)
+    if any(s.get("kind") == "latency" and s["combos"] for s in S):
+        meta["iperf3"] = sh("iperf3 --version | head -1")
+        meta["vu_bridge"] = os.path.join(a.bin, "vu-bridge")
+    if any(s.get("kind") == "xdp" and s["combos"] for s in S):
+        meta["qemu"] = sh("qemu-system-x86_64 --version | head -1")
+        meta["vm_image_stamp"] = sh(f"cat {REPO}/vm-images/out/stamp 2>/dev/null")
+    other = {s["id"]: s["reps"] for s in S if s.get("reps", a.reps) != a.reps}
+    meta["reps_per_scenario"] = other
+    print(f"bench: {len(S)} scenarios, {sum(len(s['combos']) * s.get('reps', a.reps) for s in S)} runs "
+          f"({a.reps} repetitions each{', except ' + str(other) if other else ''}) → {outdir}", flush=True)
     results = []
     raw = open(os.path.join(outdir, "runs.jsonl"), "w")
     offered = {}
     for sc in S:
-        for rep in range(a.reps):
+        for rep in range(sc.get("reps", a.reps)):
             for system, fe in sc["combos"]:
                 rate = None
                 if sc["slow"]:
                     base = offered.get("h2g-64") or 1.5e6
                     rate = a.slow_fraction * base
                 t = time.monotonic()
-                r = one_run(ctx, sc, system, fe, rep, rate)
+                kind = sc.get("kind")
+                if kind == "latency":
+                    r = latency_run(ctx, sc, system, rep)
+                elif kind == "xdp":
+                    r = xdp_run(ctx, sc, system, rep)
+                else:
+                    r = one_run(ctx, sc, system, fe, rep, rate)
                 results.append(r)
                 raw.write(json.dumps(r) + "\n")
                 raw.flush()
                 if r["ok"] and r.get("offered_pps") and sc["id"] == "h2g-64" and system == "bare":
                     offered["h2g-64"] = r["offered_pps"]
-                status = "ok" if r["ok"] else "FAILED: " + (r["error"] or "").splitlines()[0][:120]
+                status = "ok" if r["ok"] else "FAILED: " + ((r["error"] or "").splitlines() or [""])[0][:120]
                 pps = r.get("pps")
                 us = r.get("us_per_frame")
+                if kind == "latency":
+                    print(f"  {sc['id']:11} {system:19} {fe:9} rep {rep}: ping p50 {fmt(r.get('ping_p50_ms'), 'ms')} "
+                          f"p99 {fmt(r.get('ping_p99_ms'), 'ms')} ms, {r.get('goodput_mbps') or 0:.1f} Mbit/s, "
+                          f"tun tail drops {r.get('tun_tail_drops', '-')}, daemon drops {r.get('daemon_drops_total', '-')}, "
+                          f"AQM {r.get('aqm_drops_total', '-')}  [{time.monotonic() - t:.0f} s] {status}", flush=True)
+                    continue
+                if kind == "xdp":
+                    print(f"  {sc['id']:11} {system:19} {fe:9} rep {rep}: guest XDP drop {fmt(r.get('xdp_drop_pps'))} pps, "
+                          f"delivered {fmt(pps)} pps, {us if us is not None else float('nan'):.2f} µs/frame, "
+                          f"tun tail drops {fmt(r.get('tun_tail_drops_ps'))}/s, daemon drops {r.get('daemon_drops_total', '-')}"
+                          f"  [{time.monotonic() - t:.0f} s] {status}", flush=True)
+                    continue
                 print(f"  {sc['id']:11} {system:19} {fe:8} rep {rep}: "
                       f"{(pps or 0) / 1e6:7.3f} Mpps  {us if us is not None else float('nan'):6.2f} µs/frame  "
                       f"drops daemon={r.get('daemon_drops_total', '-')} tun={r.get('tun_tail_drops_ps', 0):.0f}/s  "
@@ -788,7 +1520,11 @@ def main():
         json.dump(agg, f, indent=1)
     keys = ["scenario", "system", "frontend", "rep", "ok", "pps", "bps", "sent_pps", "offered_pps",
             "cpu_pct", "us_per_frame", "tun_tail_drops_ps", "qdisc_drops_ps", "daemon_drops_total", "aqm_drops_ps",
-            "peer_drops_ps", "guest_drops_ps", "tap_tx_pps", "window_s", "slow_rate", "error"]
+            "peer_drops_ps", "guest_drops_ps", "tap_tx_pps", "window_s", "slow_rate",
+            "ping_p50_ms", "ping_p99_ms", "ping_max_ms", "ping_loss_pct", "goodput_mbps", "flows_mbps",
+            "flow_spread_pct", "tun_tail_drops", "qdisc_drops", "aqm_drops_total", "ecn_marks",
+            "xdp_drop_pps", "xdp_1s_median_pps", "xdp_drops_total", "us_per_frame_read", "boot_to_xdp_s",
+            "error"]
     with open(os.path.join(outdir, "runs.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
