@@ -98,6 +98,13 @@ pub struct QueuePair {
     /// The guest broke a queue; it is left alone until the next connection.
     rx_broken: bool,
     tx_broken: bool,
+    /// Whether we last asked the guest for kicks on the RX / TX queue. A
+    /// queue starts with them on; the worker turns them off while it works
+    /// and on again only when it must wait for the guest (RX: no buffers;
+    /// TX: ring empty). Matters to guests without EVENT_IDX (DPDK's virtio
+    /// PMD): they kick after every burst while kicks are on.
+    rx_kicks_on: bool,
+    tx_kicks_on: bool,
     /// Scratch space, reused for every frame.
     chains: Vec<Chain>,
     /// Used entries written but not yet published (one index update per
@@ -132,6 +139,8 @@ impl QueuePair {
             tx_blocked: false,
             rx_broken: false,
             tx_broken: false,
+            rx_kicks_on: true,
+            tx_kicks_on: true,
             chains: Vec::new(),
             rx_used: UsedBatch::default(),
             tx_used: UsedBatch::default(),
@@ -147,6 +156,8 @@ impl QueuePair {
         self.tx_blocked = false;
         self.rx_broken = false;
         self.tx_broken = false;
+        self.rx_kicks_on = true;
+        self.tx_kicks_on = true;
     }
 
     /// Count the frames still in the ring (and the AQM) as lost (daemon shutdown).
@@ -254,6 +265,13 @@ impl QueuePair {
         ready: bool,
     ) -> (RxOutcome, bool) {
         let mut moved = 0usize;
+        if ready && !self.rx_broken && self.rx_kicks_on {
+            // Kicks only matter while we wait for buffers (re-armed then).
+            match queue.disable_notification(mem) {
+                Ok(()) => self.rx_kicks_on = false,
+                Err(e) => self.break_rx(&format!("cannot disable notifications: {e}")),
+            }
+        }
         loop {
             if ready && !self.rx_broken {
                 moved += self.fill_guest(queue, mem, neg);
@@ -599,6 +617,7 @@ impl QueuePair {
                     // Ask for a kick when the guest posts beyond the `seen`
                     // chains (too few for this frame), then look once more:
                     // it may have posted between our check and the request.
+                    self.rx_kicks_on = true;
                     match arm_rx_notification(queue, mem, seen) {
                         Ok(true) => continue,
                         Ok(false) => {
@@ -660,6 +679,14 @@ impl QueuePair {
     ) -> (RxOutcome, bool) {
         if self.tx_broken || self.tx_blocked {
             return (RxOutcome::Idle, false);
+        }
+        if self.tx_kicks_on {
+            // No kicks while we drain; turned on again when the ring looks empty.
+            if let Err(e) = queue.disable_notification(mem) {
+                self.break_tx(&format!("cannot disable notifications: {e}"));
+                return (RxOutcome::Idle, false);
+            }
+            self.tx_kicks_on = false;
         }
         let table = GuestAddress(queue.desc_table());
         let size = queue.size();
@@ -738,8 +765,17 @@ impl QueuePair {
                 self.break_tx(&e);
                 break RxOutcome::Idle;
             }
+            self.tx_kicks_on = true;
             match queue.enable_notification(mem) {
-                Ok(true) => continue,
+                Ok(true) => {
+                    // More came meanwhile: drain it with kicks off again.
+                    if let Err(e) = queue.disable_notification(mem) {
+                        self.break_tx(&format!("cannot disable notifications: {e}"));
+                        break RxOutcome::Idle;
+                    }
+                    self.tx_kicks_on = false;
+                    continue;
+                }
                 Ok(false) => break RxOutcome::Idle,
                 Err(e) => {
                     self.break_tx(&format!("cannot enable notifications: {e}"));
