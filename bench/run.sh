@@ -54,7 +54,7 @@ if [ $micro -eq 1 ]; then
     exit 0
 fi
 
-cargo build --release -p vhost-tap -p bench --bins
+cargo build --release -p vhost-tap -p bench -p vu-driver --bins
 
 echo "bench: load before: $(uptime)"
 if [ $profile -eq 1 ]; then

@@ -386,9 +386,12 @@ impl VhostUserBackend for NetBackend {
         }
         if usize::from(device_event) < vrings.len() {
             let p = thread_id;
+            let c = Arc::clone(&self.device.pair(p).counters);
             if device_event == 0 {
+                QueueCounters::add(&c.rx_kicks, 1);
                 self.run_rx(p, vrings);
             } else {
+                QueueCounters::add(&c.tx_kicks, 1);
                 self.run_tx(p, vrings);
             }
             return Ok(());

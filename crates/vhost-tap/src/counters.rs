@@ -74,6 +74,10 @@ counters! {
         rx_ring_high_water,
         /// Times a TAP write returned EAGAIN/ENOBUFS and TX waited for EPOLLOUT.
         tx_tap_full,
+        /// Kicks from the guest on the RX queue (it posted buffers while we waited for them).
+        rx_kicks,
+        /// Kicks from the guest on the TX queue (it queued frames while we waited for them).
+        tx_kicks,
         /// Guest interrupts raised for the RX queue.
         rx_interrupts,
         /// Guest interrupts raised for the TX queue.
