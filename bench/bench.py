@@ -289,7 +289,7 @@ def start_system(ctx, system, sc, logdir, tap, sock):
         mode = "fq-codel" if system.endswith("fq-codel") else "backpressure"
         argv = [os.path.join(ctx.bin, "vhost-tap"), "--socket", sock, "--tap", tap,
                 "--mode", mode, "--queues", str(q)]
-        p = Proc("system", argv, logdir, env={"RUST_LOG": "info"})
+        p = Proc("system", argv, logdir, env={"RUST_LOG": "info"}, cpus=ctx.args.daemon_cpus)
         ok = p.wait_for(r"listening on", 10)
         return p, ok
     if system == "dpdk-peer":
@@ -1109,6 +1109,8 @@ def summary_md(S, agg, meta):
              "system under test unpinned (DPDK peer: -l 0,1, forwarding lcore on CPU 1). "
              "latency-slow: vu-bridge, iperf3 and ping unpinned; xdp-tcg: trafgen on CPU 0, QEMU (2 TCG vCPU "
              "threads) and the daemon unpinned.\n")
+    if meta.get("daemon_cpus"):
+        L.append(f"**The vhost-tap daemon was pinned to CPU(s) {meta['daemon_cpus']}** (`--daemon-cpus`).\n")
     for sc in S:
         rows = [by[(sc["id"], s, f)] for s, f in sc["combos"] if (sc["id"], s, f) in by]
         if not rows:
@@ -1439,6 +1441,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--quick", action="store_true", help="1 × 3 s, warm-up 1 s")
     ap.add_argument("--scenarios", default="", help="comma list of scenario ids (default all)")
+    ap.add_argument("--daemon-cpus", default=None,
+                    help="pin the vhost-tap daemon (taskset -c LIST); default: unpinned, as every system")
     ap.add_argument("--systems", default="", help="comma list: vhost-tap,vhost-tap-fq-codel,dpdk-peer,bare,bare-cold,bare-uring")
     ap.add_argument("--frontends", default="", help="comma list: testpmd,vu")
     ap.add_argument("--slow-fraction", type=float, default=0.10)
@@ -1496,7 +1500,7 @@ def main():
     if any(s.get("kind") == "latency" and s["combos"] for s in S):
         build_bridge(a, outdir)
 
-    meta = {"stamp": stamp, "command": a.command, "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
+    meta = {"stamp": stamp, "command": a.command, "daemon_cpus": a.daemon_cpus, "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
             "ncpu": os.cpu_count(), "kernel": os.uname().release, "uptime_before": sh("uptime"),
             "reps": a.reps, "duration": a.duration, "warmup": a.warmup,
             "vhost_tap_help_modes": [m for m in ("backpressure", "fq-codel", "auto") if m in helptext],
