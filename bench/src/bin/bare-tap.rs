@@ -57,7 +57,16 @@ fn reader(q: &tap::TapQueue, c: &Count, buffers: usize) {
     let (mut frames, mut bytes) = (0u64, 0u64);
     while !stopping() {
         let buf = &mut pool[i * size..(i + 1) * size];
-        match q.read(buf) {
+        // Raw read(2), not glibc's cancellable wrapper: as the daemon does.
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+        let r =
+            unsafe { libc::syscall(libc::SYS_read, q.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        let r = if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        };
+        match r {
             Ok(n) => {
                 frames += 1;
                 i = (i + 1) % count;
@@ -186,8 +195,9 @@ fn writer(q: &tap::TapQueue, c: &Count, size: usize, gso: bool, buffers: usize) 
     let mut i = 0usize;
     while !stopping() {
         let b = &bufs[i % bufs.len()];
+        // Raw write(2), not glibc's cancellable wrapper: as the daemon does.
         // SAFETY: `b` is a valid, initialised buffer of `b.len()` bytes for the call.
-        let r = unsafe { libc::write(q.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+        let r = unsafe { libc::syscall(libc::SYS_write, q.as_raw_fd(), b.as_ptr(), b.len()) };
         if r >= 0 {
             frames += 1;
             bytes += (b.len() - VNET_HDR_LEN) as u64;
