@@ -2,8 +2,10 @@
 //!
 //! Most frames are small. Each slot has a compact buffer of [`SMALL`] bytes
 //! in one arena, the slots spaced by a cache line more than that, so that
-//! consecutive slots start in different cache sets (one 64 KiB buffer per
-//! slot put the first bytes of every frame into the same L1 and L2 sets).
+//! consecutive slots start in different cache sets: 0.5 MiB per ring of 256
+//! instead of 16.8 MiB with one 64 KiB buffer per slot. (A plain copy loop
+//! shows no speed difference between the two layouts on our machines; the
+//! gain is memory.)
 //! A frame longer than `SMALL` lives in the slot's own large buffer,
 //! allocated the first time the slot needs one; reads that may bring a long
 //! frame put its tail into one shared overflow buffer, moved afterwards.
