@@ -516,8 +516,10 @@ impl TapQueue {
     ///
     /// # Safety
     /// The caller guarantees that every iovec points to memory valid for
-    /// writes of `iov_len` bytes for the whole call, which nothing else
-    /// reads or writes meanwhile.
+    /// writes of `iov_len` bytes for the whole call, and that no Rust
+    /// reference to that memory is alive meanwhile (memory shared with a
+    /// guest may still be touched by the guest: the kernel copies into it
+    /// like any DMA would).
     pub unsafe fn readv_raw(&self, iov: &[libc::iovec]) -> io::Result<usize> {
         // SAFETY: forwarded contract: the iovecs are writable for the call.
         unsafe { sys::readv(&self.file, iov) }

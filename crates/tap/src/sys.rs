@@ -216,7 +216,7 @@ pub(crate) unsafe fn readv(file: &File, iov: &[libc::iovec]) -> io::Result<usize
     syscall_result(unsafe {
         libc::syscall(
             libc::SYS_readv,
-            file.as_raw_fd(),
+            libc::c_long::from(file.as_raw_fd()),
             iov.as_ptr(),
             libc::c_long::from(cnt),
         )
@@ -234,7 +234,12 @@ pub(crate) unsafe fn writev(file: &File, iov: &[libc::iovec]) -> io::Result<usiz
         // SAFETY: the buffer is valid for reads of `iov_len` bytes by this
         // function's contract.
         return syscall_result(unsafe {
-            libc::syscall(libc::SYS_write, file.as_raw_fd(), one.iov_base, one.iov_len)
+            libc::syscall(
+                libc::SYS_write,
+                libc::c_long::from(file.as_raw_fd()),
+                one.iov_base,
+                one.iov_len,
+            )
         });
     }
     let cnt =
@@ -244,7 +249,7 @@ pub(crate) unsafe fn writev(file: &File, iov: &[libc::iovec]) -> io::Result<usiz
     syscall_result(unsafe {
         libc::syscall(
             libc::SYS_writev,
-            file.as_raw_fd(),
+            libc::c_long::from(file.as_raw_fd()),
             iov.as_ptr(),
             libc::c_long::from(cnt),
         )

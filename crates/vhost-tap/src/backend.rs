@@ -386,7 +386,7 @@ impl VhostUserBackend for NetBackend {
         }
         if usize::from(device_event) < vrings.len() {
             let p = thread_id;
-            let c = Arc::clone(&self.device.pair(p).counters);
+            let c = &self.device.counters[p];
             if device_event == 0 {
                 QueueCounters::add(&c.rx_kicks, 1);
                 self.run_rx(p, vrings);

@@ -47,6 +47,10 @@ pub const BUDGET: usize = 256;
 /// A larger frame spills into a slot buffer; after one, the path gathers
 /// room for the largest frame until a small one comes again.
 const SMALL_FRAME_ROOM: usize = 12 + 1518;
+/// Most guest buffers the direct path hands to one `readv` (the kernel takes
+/// at most 1024 iovecs); a frame whose chains have more segments takes the
+/// ring path, whose copy has no such limit.
+const DIRECT_MAX_IOVECS: usize = 64;
 
 /// What the guest and the backend agreed on, as far as the data path cares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,9 +75,9 @@ pub enum RxOutcome {
 struct IoVecs(Vec<libc::iovec>);
 
 // SAFETY: the raw pointers in the vector are only dereferenced by the kernel
-// inside the `writev` call that follows their construction, while the guest
-// memory guard that keeps the mapping alive is held; the vector is cleared
-// before the next use, so no pointer crosses threads in a usable state.
+// inside the `writev`/`readv` call that follows their construction, while
+// the guest memory guard that keeps the mapping alive is held; the vector is
+// cleared before the next use, so no pointer crosses threads in a usable state.
 unsafe impl Send for IoVecs {}
 
 /// One queue pair's state, owned by its worker thread (behind a mutex that
@@ -343,7 +347,8 @@ impl QueuePair {
         // A frame is read but neither delivered, handed to the ring nor counted.
         let mut in_flight = false;
         let fail = 'frames: {
-            // One avail-index read for the batch, one more when it runs dry.
+            // One avail-index read for the batch: chains the guest posts
+            // meanwhile wait for the next pass (or the ring path).
             let mut iter = match queue.iter(mem) {
                 Ok(iter) => iter,
                 Err(e) => break 'frames Some(format!("bad avail ring: {e}")),
@@ -360,6 +365,7 @@ impl QueuePair {
                 // Gather chains.
                 let mut taken = 0usize;
                 let mut capacity = 0usize;
+                let mut segments = 0usize;
                 while capacity < want {
                     let Some(dc) = iter.next() else { break };
                     if self.chains.len() <= taken {
@@ -373,12 +379,20 @@ impl QueuePair {
                     }
                     taken += 1;
                     capacity += c.total_len as usize;
-                    if !neg.mrg_rxbuf {
+                    segments += c.segments.len();
+                    if !neg.mrg_rxbuf || segments >= DIRECT_MAX_IOVECS {
                         break;
                     }
                 }
                 if taken == 0 {
                     // The guest has no chain now: the ring path waits for one.
+                    break;
+                }
+                if segments > DIRECT_MAX_IOVECS {
+                    // Too scattered for one readv: this frame takes the ring path.
+                    for _ in 0..taken {
+                        iter.go_to_previous_position();
+                    }
                     break;
                 }
                 // The chains, then the slot buffer for what does not fit, with
@@ -406,6 +420,24 @@ impl QueuePair {
                         match e.raw_os_error() {
                             Some(libc::EAGAIN) => self.tap_readable = false,
                             Some(libc::EINTR) => continue,
+                            // The kernel refused our iovecs before taking a
+                            // frame: let the ring path read it.
+                            Some(libc::EINVAL) => {
+                                warn!(
+                                    "tap: {} queue {}: direct read refused ({e}); using the ring",
+                                    self.tap.name(),
+                                    self.index
+                                );
+                            }
+                            // The frame was taken but could not be written
+                            // into the guest's buffers: counted; the guest
+                            // memory is not what its chains say.
+                            Some(libc::EFAULT) => {
+                                self.read_failed(&e);
+                                break 'frames Some(format!(
+                                    "the TAP could not write a frame into the guest's RX buffers: {e}"
+                                ));
+                            }
                             _ => self.read_failed(&e),
                         }
                         break;
@@ -441,23 +473,31 @@ impl QueuePair {
                     }
                     let len = NonZeroUsize::new(n).expect("n > capacity >= 0");
                     match self.producer.produce(len) {
-                        Ok(_) => {}
+                        Ok(Produced::Ok) => {}
+                        Ok(Produced::Stopped) => {
+                            QueueCounters::add(&self.counters.rx_reader_stops, 1)
+                        }
                         Err(ptr_ring::Full) => {
                             unreachable!("next_free_slot said the slot was free")
                         }
                     }
                     in_flight = false;
-                    self.rx_expect_big = true;
+                    // Only a long frame calls for long-frame room; a short one
+                    // spilled because the guest had few chains posted.
+                    self.rx_expect_big = n > SMALL_FRAME_ROOM;
                     break;
                 }
                 // Delivered: the chains the frame filled become used entries,
                 // the rest go back.
                 let mut used_chains = 0usize;
                 let mut left = n;
+                // On failure the frame's entries are withdrawn, never published.
+                let pending_before = self.rx_used.pending;
                 while left > 0 {
                     let c = &self.chains[used_chains];
                     let part = left.min(c.total_len as usize);
                     if let Err(e) = self.rx_used.push(&ring, mem, c.head, part as u32) {
+                        self.rx_used.pending = pending_before;
                         break 'frames Some(e);
                     }
                     left -= part;
@@ -472,6 +512,7 @@ impl QueuePair {
                     if let Err(e) =
                         write_guest_at(mem, &self.chains[..used_chains], 10, &nb.to_le_bytes())
                     {
+                        self.rx_used.pending = pending_before;
                         break 'frames Some(e);
                     }
                 }
@@ -690,7 +731,7 @@ impl QueuePair {
         }
         let table = GuestAddress(queue.desc_table());
         let size = queue.size();
-        let mut chain = std::mem::take(&mut self.chains).pop().unwrap_or_default();
+        let mut chain = self.chains.pop().unwrap_or_default();
         let (mut frames, mut bytes) = (0u64, 0u64);
         let mut done = 0;
         let outcome = 'batch: loop {
