@@ -25,12 +25,12 @@ use std::sync::Arc;
 
 use log::{error, warn};
 use ptr_ring::{Consumer, Produced, Producer, Woken};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{AvailIter, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::chain::{self, Chain, Direction};
 use crate::counters::QueueCounters;
-use crate::slots::{self, Slots};
+use crate::slots::Slots;
 
 /// Largest frame the TAP hands us or accepts: a 64 KiB GSO frame plus
 /// Ethernet and VLAN headers.
@@ -89,9 +89,6 @@ pub struct QueuePair {
     consumer: Consumer,
     /// Frame buffers, indexed by ring slot.
     slots: Slots,
-    /// The last frame the ring path read was longer than a slot's compact
-    /// buffer: read the next one straight into the slot's large buffer.
-    ring_expect_big: bool,
     /// FQ-CoDel mode: the standing queue, kept here instead of in the kernel.
     aqm: Option<Aqm>,
     pub counters: Arc<QueueCounters>,
@@ -136,7 +133,6 @@ impl QueuePair {
             producer,
             consumer,
             slots: Slots::new(ring_size),
-            ring_expect_big: false,
             aqm: aqm.map(Aqm::new),
             counters: Arc::new(QueueCounters::default()),
             tap_readable: true,
@@ -196,18 +192,7 @@ impl QueuePair {
                 // wake racing our previous produce; the next discard batch frees it.
                 break;
             };
-            // After a long frame, read into the slot's large buffer (no move
-            // afterwards); else into its compact buffer with the overflow behind.
-            let (iov, count) = if self.ring_expect_big {
-                let big = self.slots.frame(slot, BUF_SIZE);
-                let whole = libc::iovec {
-                    iov_base: big.as_mut_ptr().cast(),
-                    iov_len: BUF_SIZE,
-                };
-                ([whole, whole], 1)
-            } else {
-                (self.slots.read_iovecs(slot), 2)
-            };
+            let (iov, count) = self.slots.read_iovecs(slot);
             // SAFETY: the iovecs point into `self.slots`' own buffers for
             // slot `slot` (free while the slot is empty) and the overflow
             // buffer, `BUF_SIZE` bytes in all; nothing else touches them
@@ -231,16 +216,7 @@ impl QueuePair {
                 QueueCounters::add(&c.rx_dropped_truncated, 1);
                 continue;
             }
-            if self.ring_expect_big {
-                if n <= slots::SMALL {
-                    // Short again: into the compact buffer, where `frame` looks.
-                    self.slots.demote(slot, n);
-                    self.ring_expect_big = false;
-                }
-            } else {
-                self.slots.settle(slot, n);
-                self.ring_expect_big = n > slots::SMALL;
-            }
+            self.slots.settle(slot, n);
             let Some(len) = NonZeroUsize::new(n).filter(|n| n.get() >= 12 + MIN_FRAME) else {
                 QueueCounters::add(&c.rx_dropped_too_short, 1);
                 continue;
@@ -362,37 +338,26 @@ impl QueuePair {
                 } else {
                     SMALL_FRAME_ROOM
                 };
-                // Gather chains.
-                let mut taken = 0usize;
-                let mut capacity = 0usize;
-                let mut segments = 0usize;
-                while capacity < want {
-                    let Some(dc) = iter.next() else { break };
-                    if self.chains.len() <= taken {
-                        self.chains.push(Chain::default());
-                    }
-                    let c = &mut self.chains[taken];
-                    if let Err(e) =
-                        chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
-                    {
-                        break 'frames Some(e.to_string());
-                    }
-                    taken += 1;
-                    capacity += c.total_len as usize;
-                    segments += c.segments.len();
-                    if !neg.mrg_rxbuf || segments >= DIRECT_MAX_IOVECS {
-                        break;
-                    }
-                }
+                let g = match gather_rx_chains(
+                    &mut iter,
+                    mem,
+                    (table, size),
+                    neg.mrg_rxbuf,
+                    want,
+                    DIRECT_MAX_IOVECS,
+                    &mut self.chains,
+                ) {
+                    Ok(g) => g,
+                    Err(e) => break 'frames Some(e),
+                };
+                let (taken, capacity) = (g.taken, g.capacity);
                 if taken == 0 {
                     // The guest has no chain now: the ring path waits for one.
                     break;
                 }
-                if segments > DIRECT_MAX_IOVECS {
+                if g.segments > DIRECT_MAX_IOVECS {
                     // Too scattered for one readv: this frame takes the ring path.
-                    for _ in 0..taken {
-                        iter.go_to_previous_position();
-                    }
+                    put_back(&mut iter, taken);
                     break;
                 }
                 // The chains, then the slot buffer for what does not fit, with
@@ -414,9 +379,7 @@ impl QueuePair {
                 let n = match r {
                     Ok(n) => n,
                     Err(e) => {
-                        for _ in 0..taken {
-                            iter.go_to_previous_position();
-                        }
+                        put_back(&mut iter, taken);
                         match e.raw_os_error() {
                             Some(libc::EAGAIN) => self.tap_readable = false,
                             Some(libc::EINTR) => continue,
@@ -446,9 +409,7 @@ impl QueuePair {
                 read += 1;
                 in_flight = true;
                 if n < neg.hdr_len + MIN_FRAME || n >= capacity + spill_len {
-                    for _ in 0..taken {
-                        iter.go_to_previous_position();
-                    }
+                    put_back(&mut iter, taken);
                     let reason = if n >= capacity + spill_len {
                         &self.counters.rx_dropped_truncated
                     } else {
@@ -461,9 +422,7 @@ impl QueuePair {
                 if n > capacity {
                     // Spilled: reassemble the frame in the slot, give the
                     // chains back, hand the frame to the ring path.
-                    for _ in 0..taken {
-                        iter.go_to_previous_position();
-                    }
+                    put_back(&mut iter, taken);
                     let chains = &self.chains[..taken];
                     if let Err(e) = self
                         .slots
@@ -503,9 +462,7 @@ impl QueuePair {
                     left -= part;
                     used_chains += 1;
                 }
-                for _ in used_chains..taken {
-                    iter.go_to_previous_position();
-                }
+                put_back(&mut iter, taken - used_chains);
                 // The kernel wrote the first 10 header bytes; num_buffers is ours.
                 if neg.hdr_len == 12 {
                     let nb = if neg.mrg_rxbuf { used_chains as u16 } else { 1 };
@@ -1071,6 +1028,59 @@ enum Delivery {
     },
 }
 
+/// What `gather_rx_chains` took for one frame.
+struct Gathered {
+    /// Chains taken from the avail ring (walked into `chains[..taken]`).
+    taken: usize,
+    /// Bytes they hold.
+    capacity: usize,
+    /// Buffers (descriptors) they have.
+    segments: usize,
+}
+
+/// Take and walk avail RX chains into `chains[..]` until they hold `want`
+/// bytes, the avail snapshot runs dry, or they reach `max_segments` buffers;
+/// one chain only without MRG_RXBUF. `Err`: a chain is malformed (the guest
+/// broke the queue).
+fn gather_rx_chains(
+    iter: &mut AvailIter<'_, &GuestMemoryMmap<()>>,
+    mem: &GuestMemoryMmap<()>,
+    (table, size): (GuestAddress, u16),
+    mrg_rxbuf: bool,
+    want: usize,
+    max_segments: usize,
+    chains: &mut Vec<Chain>,
+) -> Result<Gathered, String> {
+    let mut g = Gathered {
+        taken: 0,
+        capacity: 0,
+        segments: 0,
+    };
+    while g.capacity < want {
+        let Some(dc) = iter.next() else { break };
+        if chains.len() <= g.taken {
+            chains.push(Chain::default());
+        }
+        let c = &mut chains[g.taken];
+        chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
+            .map_err(|e| e.to_string())?;
+        g.taken += 1;
+        g.capacity += c.total_len as usize;
+        g.segments += c.segments.len();
+        if !mrg_rxbuf || g.segments >= max_segments {
+            break;
+        }
+    }
+    Ok(g)
+}
+
+/// Give the last `n` chains taken back to the avail ring (`next_avail` rewound).
+fn put_back(iter: &mut AvailIter<'_, &GuestMemoryMmap<()>>, n: usize) {
+    for _ in 0..n {
+        iter.go_to_previous_position();
+    }
+}
+
 /// Request a kick for the next chain the guest makes available after the
 /// `seen` ones we could not use, then re-check. Returns whether more chains
 /// than `seen` are available now (try again) or not (wait for the kick).
@@ -1126,31 +1136,24 @@ fn deliver(
     let table = GuestAddress(queue.desc_table());
     let size = queue.size();
     let ring = UsedRing::of(queue);
-    let mut taken = 0usize;
-    let mut capacity = 0usize;
+    let (taken, capacity);
     {
         let mut iter = queue
             .iter(mem)
             .map_err(|e| format!("bad avail ring: {e}"))?;
-        while capacity < len {
-            let Some(dc) = iter.next() else { break };
-            if chains.len() <= taken {
-                chains.push(Chain::default());
-            }
-            let c = &mut chains[taken];
-            chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
-                .map_err(|e| e.to_string())?;
-            taken += 1;
-            capacity += c.total_len as usize;
-            if !neg.mrg_rxbuf {
-                break;
-            }
-        }
+        let g = gather_rx_chains(
+            &mut iter,
+            mem,
+            (table, size),
+            neg.mrg_rxbuf,
+            len,
+            usize::MAX,
+            chains,
+        )?;
+        (taken, capacity) = (g.taken, g.capacity);
         if capacity < len {
             let never = !neg.mrg_rxbuf && taken == 1 || taken >= usize::from(size);
-            for _ in 0..taken {
-                iter.go_to_previous_position();
-            }
+            put_back(&mut iter, taken);
             return Ok(if never {
                 Delivery::TooBig { len, capacity }
             } else {

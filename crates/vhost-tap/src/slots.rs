@@ -28,6 +28,9 @@ pub struct Slots {
     arena: Box<[u8]>,
     big: Vec<Option<Box<[u8]>>>,
     overflow: Box<[u8]>,
+    /// The last frame read was long: read the next one straight into its
+    /// slot's large buffer (no move afterwards) until a short one comes.
+    expect_long: bool,
 }
 
 impl Slots {
@@ -36,40 +39,54 @@ impl Slots {
             arena: vec![0u8; n * STRIDE].into_boxed_slice(),
             big: (0..n).map(|_| None).collect(),
             overflow: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            expect_long: false,
         }
     }
 
-    /// Where a read into slot `i` goes: its compact buffer, then the
-    /// overflow buffer; `BUF_SIZE` bytes in all (one spare byte beyond the
-    /// largest frame, so a truncated read is recognisable).
-    pub fn read_iovecs(&mut self, i: usize) -> [libc::iovec; 2] {
+    /// Where a read into slot `i` goes (the first `count` iovecs),
+    /// `BUF_SIZE` bytes in all (one spare byte beyond the largest frame, so
+    /// a truncated read is recognisable): its compact buffer then the
+    /// overflow buffer, or, right after a long frame, its large buffer.
+    pub fn read_iovecs(&mut self, i: usize) -> ([libc::iovec; 2], usize) {
+        if self.expect_long {
+            let whole = libc::iovec {
+                iov_base: self.large(i).as_mut_ptr().cast(),
+                iov_len: BUF_SIZE,
+            };
+            return ([whole, whole], 1);
+        }
         let small = &mut self.arena[i * STRIDE..i * STRIDE + SMALL];
-        [
-            libc::iovec {
-                iov_base: small.as_mut_ptr().cast(),
-                iov_len: SMALL,
-            },
-            self.overflow_iovec(BUF_SIZE - SMALL),
-        ]
+        let small = libc::iovec {
+            iov_base: small.as_mut_ptr().cast(),
+            iov_len: SMALL,
+        };
+        ([small, self.overflow_iovec(BUF_SIZE - SMALL)], 2)
     }
 
-    /// After reading `n` bytes through `read_iovecs(i)`: a long frame is
-    /// moved into the slot's large buffer.
+    /// After reading `n` bytes through `read_iovecs(i)`: put the frame where
+    /// [`Slots::frame`] looks for it (a long one in the large buffer, a short
+    /// one in the compact buffer) and remember which kind came.
     pub fn settle(&mut self, i: usize, n: usize) {
-        if n <= SMALL {
-            return;
+        let long = n > SMALL;
+        match (self.expect_long, long) {
+            (false, true) => {
+                let big = self.big[i].get_or_insert_with(|| vec![0u8; BUF_SIZE].into_boxed_slice());
+                big[..SMALL].copy_from_slice(&self.arena[i * STRIDE..i * STRIDE + SMALL]);
+                big[SMALL..n].copy_from_slice(&self.overflow[..n - SMALL]);
+            }
+            (true, false) => {
+                if let Some(big) = &self.big[i] {
+                    self.arena[i * STRIDE..i * STRIDE + n].copy_from_slice(&big[..n]);
+                }
+            }
+            _ => {}
         }
-        let big = self.big[i].get_or_insert_with(|| vec![0u8; BUF_SIZE].into_boxed_slice());
-        big[..SMALL].copy_from_slice(&self.arena[i * STRIDE..i * STRIDE + SMALL]);
-        big[SMALL..n].copy_from_slice(&self.overflow[..n - SMALL]);
+        self.expect_long = long;
     }
 
-    /// After a read of `n <= SMALL` bytes into slot `i`'s large buffer (read
-    /// whole when a long frame was expected): move it to the compact buffer.
-    pub fn demote(&mut self, i: usize, n: usize) {
-        if let Some(big) = &self.big[i] {
-            self.arena[i * STRIDE..i * STRIDE + n].copy_from_slice(&big[..n]);
-        }
+    /// Slot `i`'s large buffer, allocated on first use.
+    fn large(&mut self, i: usize) -> &mut [u8] {
+        self.big[i].get_or_insert_with(|| vec![0u8; BUF_SIZE].into_boxed_slice())
     }
 
     /// The first `len` bytes (at most `BUF_SIZE`) of the overflow buffer, for
@@ -106,8 +123,7 @@ impl Slots {
             &mut self.arena[i * STRIDE..i * STRIDE + len]
         } else {
             // A long frame was settled or assembled into the large buffer.
-            let big = self.big[i].get_or_insert_with(|| vec![0u8; BUF_SIZE].into_boxed_slice());
-            &mut big[..len]
+            &mut self.large(i)[..len]
         }
     }
 }
@@ -138,27 +154,38 @@ mod tests {
     #[test]
     fn short_and_long_frames_read_back_whole() {
         let mut s = Slots::new(4);
-        for (i, n) in [(0, 60), (1, SMALL), (2, SMALL + 1), (3, BUF_SIZE - 1)] {
+        // short, long (through the overflow), short (read into the large
+        // buffer, as right after a long one), long (through the overflow again).
+        let frames = [(0, 60), (1, SMALL + 1), (2, SMALL), (3, BUF_SIZE - 1)];
+        for (i, n) in frames {
             let data = pattern(n, i as u8);
-            let iov = s.read_iovecs(i);
-            assert_eq!(iov[0].iov_len + iov[1].iov_len, BUF_SIZE);
-            scatter(&iov, &data);
+            let (iov, count) = s.read_iovecs(i);
+            let total: usize = iov[..count].iter().map(|v| v.iov_len).sum();
+            assert_eq!(total, BUF_SIZE);
+            scatter(&iov[..count], &data);
             s.settle(i, n);
         }
         // The overflow buffer is shared: reading slot 3 last must not have
-        // disturbed slot 2's settled frame.
-        for (i, n) in [(0, 60), (1, SMALL), (2, SMALL + 1), (3, BUF_SIZE - 1)] {
+        // disturbed slot 1's settled frame.
+        for (i, n) in frames {
             assert!(s.frame(i, n) == pattern(n, i as u8), "slot {i}, {n} bytes");
         }
     }
 
     #[test]
     fn a_short_frame_read_into_the_large_buffer_is_found_again() {
-        let mut s = Slots::new(1);
+        let mut s = Slots::new(2);
+        let long = pattern(SMALL + 100, 1);
+        let (iov, count) = s.read_iovecs(0);
+        scatter(&iov[..count], &long);
+        s.settle(0, long.len());
+        // Right after a long frame the read goes whole into the large buffer.
         let data = pattern(90, 3);
-        s.frame(0, BUF_SIZE)[..90].copy_from_slice(&data);
-        s.demote(0, 90);
-        assert!(s.frame(0, 90) == data);
+        let (iov, count) = s.read_iovecs(1);
+        assert_eq!(count, 1);
+        scatter(&iov[..count], &data);
+        s.settle(1, 90);
+        assert!(s.frame(1, 90) == data);
     }
 
     #[test]

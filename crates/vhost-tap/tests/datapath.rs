@@ -312,6 +312,20 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
     assert_eq!(sum(&c, "tx_bytes"), frame.len() as u64);
 }
 
+/// One queue pair, a guest with offloads (and MRG_RXBUF) whose features the
+/// daemon has applied to the TAP, and a vnet-header packet socket on the TAP.
+fn with_offloads() -> (Daemon, vu_driver::Driver, PacketSock) {
+    let d = Daemon::start_queues(1);
+    let drv = d.connect_with(DriverConfig {
+        offloads: true,
+        ..d.driver_config()
+    });
+    d.wait_log(&["guest acked features", "TAP offloads"], SEC5)
+        .expect("daemon did not log the acked features");
+    let sock = PacketSock::open(&d.tap, true);
+    (d, drv, sock)
+}
+
 /// Host → guest with offloads and mergeable buffers, the guest's buffers
 /// posted ahead: a 64 KiB GSO frame does not fit the buffers the direct
 /// path gathers for a small frame, spills into a slot buffer and arrives
@@ -320,14 +334,7 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
 /// them too. Every frame byte-exact, in order, with its `num_buffers`.
 #[test]
 fn large_frames_spill_once_then_go_direct() {
-    let mut d = Daemon::start_queues(1);
-    let mut drv = d.connect_with(DriverConfig {
-        offloads: true,
-        ..d.driver_config()
-    });
-    d.wait_log(&["guest acked features", "TAP offloads"], SEC5)
-        .expect("daemon did not log the acked features");
-    let sock = PacketSock::open(&d.tap, true);
+    let (mut d, mut drv, sock) = with_offloads();
     let mss = 1448usize;
     let buf_len = 4096;
     assert_eq!(drv.post_rx(0, 200, buf_len), 200);
@@ -393,14 +400,7 @@ fn large_frames_spill_once_then_go_direct() {
 /// once it posts buffers.
 #[test]
 fn long_and_short_frames_wait_in_the_ring_intact() {
-    let mut d = Daemon::start_queues(1);
-    let mut drv = d.connect_with(DriverConfig {
-        offloads: true,
-        ..d.driver_config()
-    });
-    d.wait_log(&["guest acked features", "TAP offloads"], SEC5)
-        .expect("daemon did not log the acked features");
-    let sock = PacketSock::open(&d.tap, true);
+    let (mut d, mut drv, sock) = with_offloads();
     let tag = fresh_tag();
     let mss = 1448usize;
     let mut sent: Vec<Vec<u8>> = Vec::new();
