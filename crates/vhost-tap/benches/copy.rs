@@ -13,6 +13,7 @@ use std::hint::black_box;
 use divan::counter::BytesCount;
 use divan::Bencher;
 use vhost_tap::chain::{self, Chain, Direction};
+use vhost_tap::guestmap::GuestMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 fn main() {
@@ -42,9 +43,10 @@ fn walk_rx_chain_1_desc(b: Bencher) {
     let mem = memory();
     desc(&mem, 0, DATA, 2048, 2, 0); // WRITE
     let mut c = Chain::default();
+    let map = GuestMap::new(&mem);
     b.bench_local(|| {
         chain::walk(
-            &mem,
+            &map,
             GuestAddress(TABLE),
             QSIZE,
             0,
@@ -62,9 +64,10 @@ fn walk_tx_chain_2_descs(b: Bencher) {
     desc(&mem, 0, DATA, 12, 1, 1); // NEXT
     desc(&mem, 1, DATA + 12, 64, 0, 0);
     let mut c = Chain::default();
+    let map = GuestMap::new(&mem);
     b.bench_local(|| {
         chain::walk(
-            &mem,
+            &map,
             GuestAddress(TABLE),
             QSIZE,
             0,

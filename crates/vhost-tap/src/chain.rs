@@ -11,7 +11,9 @@
 use std::fmt;
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, GuestAddress};
+
+use crate::guestmap::GuestMap;
 
 /// `VRING_DESC_F_NEXT`
 const F_NEXT: u16 = 1;
@@ -110,8 +112,8 @@ pub struct Chain {
 
 /// Walk the chain starting at `head` in the table at `table` of `size`
 /// entries, checking every descriptor, and fill `out` (cleared first).
-pub fn walk<M: GuestMemoryBackend>(
-    mem: &M,
+pub fn walk(
+    map: &GuestMap<'_>,
     table: GuestAddress,
     size: u16,
     head: u16,
@@ -141,11 +143,9 @@ pub fn walk<M: GuestMemoryBackend>(
                 addr: table.raw_value(),
             },
         )?;
-        let desc: Descriptor = mem
-            .read_obj(at)
-            .map_err(|_| ChainError::TableOutsideMemory {
-                addr: at.raw_value(),
-            })?;
+        let desc: Descriptor = map.read_desc(at).ok_or(ChainError::TableOutsideMemory {
+            addr: at.raw_value(),
+        })?;
         let (addr, len, flags, next) = (desc.addr(), desc.len(), desc.flags(), desc.next());
 
         if flags & F_INDIRECT != 0 {
@@ -174,7 +174,7 @@ pub fn walk<M: GuestMemoryBackend>(
                     why: "table has more than 65535 entries",
                 });
             }
-            if !mem.check_range(addr, len as usize) {
+            if !map.contains(addr, len as usize) {
                 return Err(ChainError::OutsideMemory {
                     index,
                     addr: addr.raw_value(),
@@ -200,7 +200,7 @@ pub fn walk<M: GuestMemoryBackend>(
                 expected: dir,
             });
         }
-        if !mem.check_range(addr, len as usize) {
+        if !map.contains(addr, len as usize) {
             return Err(ChainError::OutsideMemory {
                 index,
                 addr: addr.raw_value(),
@@ -223,7 +223,7 @@ pub fn walk<M: GuestMemoryBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestMemoryMmap};
 
     const TABLE: u64 = 0x1000;
     const MEM: usize = 0x10000;
@@ -241,7 +241,7 @@ mod tests {
     fn walk_rx(mem: &GuestMemoryMmap<()>, head: u16) -> Result<Chain, ChainError> {
         let mut c = Chain::default();
         walk(
-            mem,
+            &GuestMap::new(mem),
             GuestAddress(TABLE),
             8,
             head,

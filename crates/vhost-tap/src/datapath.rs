@@ -30,6 +30,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::chain::{self, Chain, Direction};
 use crate::counters::QueueCounters;
+use crate::guestmap::GuestMap;
 use crate::slots::Slots;
 
 /// Largest frame the TAP hands us or accepts: a 64 KiB GSO frame plus
@@ -244,6 +245,7 @@ impl QueuePair {
         neg: Negotiated,
         ready: bool,
     ) -> (RxOutcome, bool) {
+        let map = &GuestMap::new(mem);
         let mut moved = 0usize;
         if ready && !self.rx_broken && self.rx_kicks_on {
             // Kicks only matter while we wait for buffers (re-armed then).
@@ -254,7 +256,7 @@ impl QueuePair {
         }
         loop {
             if ready && !self.rx_broken {
-                moved += self.fill_guest(queue, mem, neg);
+                moved += self.fill_guest(queue, map, neg);
             }
             if moved >= BUDGET {
                 self.publish_aqm();
@@ -264,7 +266,7 @@ impl QueuePair {
             // buffers: read frames straight into them (no copy of ours).
             let mut read = 0;
             if ready && !self.rx_broken && self.nothing_waiting() {
-                read = self.read_tap_direct(queue, mem, neg, BUDGET - moved);
+                read = self.read_tap_direct(queue, map, neg, BUDGET - moved);
                 moved += read;
                 if moved >= BUDGET {
                     self.publish_aqm();
@@ -311,10 +313,11 @@ impl QueuePair {
     fn read_tap_direct(
         &mut self,
         queue: &mut Queue,
-        mem: &GuestMemoryMmap<()>,
+        map: &GuestMap<'_>,
         neg: Negotiated,
         budget: usize,
     ) -> usize {
+        let mem = map.mem();
         let mut read = 0usize;
         let (mut frames, mut bytes) = (0usize, 0u64);
         let table = GuestAddress(queue.desc_table());
@@ -340,7 +343,7 @@ impl QueuePair {
                 };
                 let g = match gather_rx_chains(
                     &mut iter,
-                    mem,
+                    map,
                     (table, size),
                     neg.mrg_rxbuf,
                     want,
@@ -363,13 +366,13 @@ impl QueuePair {
                 // The chains, then the slot buffer for what does not fit, with
                 // one spare byte beyond the largest frame to see truncation.
                 self.iov.0.clear();
-                if let Err(e) = guest_iovecs(mem, &self.chains[..taken], &mut self.iov.0) {
+                if let Err(e) = guest_iovecs(map, &self.chains[..taken], &mut self.iov.0) {
                     break 'frames Some(e);
                 }
                 let spill_len = BUF_SIZE.saturating_sub(capacity).max(1);
                 self.iov.0.push(self.slots.overflow_iovec(spill_len));
-                // SAFETY: the guest iovecs come from `VolatileSlice`s of `mem`
-                // inside mapped regions, of chains checked device-writable and
+                // SAFETY: the guest iovecs come from `guest_iovecs`, each inside
+                // one mapped region of `mem`, of chains checked device-writable and
                 // not yet returned to the guest (it does not touch them);
                 // `mem` outlives the call. The last iovec is `spill_len`
                 // bytes of our own overflow buffer, which nothing else uses
@@ -455,7 +458,7 @@ impl QueuePair {
                 while left > 0 {
                     let c = &self.chains[used_chains];
                     let part = left.min(c.total_len as usize);
-                    if let Err(e) = self.rx_used.push(&ring, mem, c.head, part as u32) {
+                    if let Err(e) = self.rx_used.push(&ring, map, c.head, part as u32) {
                         self.rx_used.pending = pending_before;
                         break 'frames Some(e);
                     }
@@ -467,7 +470,7 @@ impl QueuePair {
                 if neg.hdr_len == 12 {
                     let nb = if neg.mrg_rxbuf { used_chains as u16 } else { 1 };
                     if let Err(e) =
-                        write_guest_at(mem, &self.chains[..used_chains], 10, &nb.to_le_bytes())
+                        write_guest_at(map, &self.chains[..used_chains], 10, &nb.to_le_bytes())
                     {
                         self.rx_used.pending = pending_before;
                         break 'frames Some(e);
@@ -544,15 +547,10 @@ impl QueuePair {
 
     /// Deliver frames (from the ring, or from FQ-CoDel in that mode) into
     /// guest RX chains. Returns the number of frames delivered.
-    fn fill_guest(
-        &mut self,
-        queue: &mut Queue,
-        mem: &GuestMemoryMmap<()>,
-        neg: Negotiated,
-    ) -> usize {
-        let (frames, bytes) = self.fill_guest_batch(queue, mem, neg);
+    fn fill_guest(&mut self, queue: &mut Queue, map: &GuestMap<'_>, neg: Negotiated) -> usize {
+        let (frames, bytes) = self.fill_guest_batch(queue, map, neg);
         // One used-index update and one counter update for the whole batch.
-        if let Err(e) = self.rx_used.publish(queue, mem) {
+        if let Err(e) = self.rx_used.publish(queue, map.mem()) {
             self.break_rx(&e);
         }
         QueueCounters::add(&self.counters.rx_frames, frames as u64);
@@ -564,7 +562,7 @@ impl QueuePair {
     fn fill_guest_batch(
         &mut self,
         queue: &mut Queue,
-        mem: &GuestMemoryMmap<()>,
+        map: &GuestMap<'_>,
         neg: Negotiated,
     ) -> (usize, u64) {
         let mut delivered = 0;
@@ -577,7 +575,7 @@ impl QueuePair {
                     };
                     let frame = self.slots.frame(slot, len.get());
                     (
-                        deliver(queue, mem, neg, &mut self.chains, &mut self.rx_used, frame),
+                        deliver(queue, map, neg, &mut self.chains, &mut self.rx_used, frame),
                         len.get(),
                     )
                 }
@@ -589,7 +587,7 @@ impl QueuePair {
                     (
                         deliver(
                             queue,
-                            mem,
+                            map,
                             neg,
                             &mut self.chains,
                             &mut self.rx_used,
@@ -616,7 +614,7 @@ impl QueuePair {
                     // chains (too few for this frame), then look once more:
                     // it may have posted between our check and the request.
                     self.rx_kicks_on = true;
-                    match arm_rx_notification(queue, mem, seen) {
+                    match arm_rx_notification(queue, map.mem(), seen) {
                         Ok(true) => continue,
                         Ok(false) => {
                             QueueCounters::add(&self.counters.rx_no_guest_buffers, 1);
@@ -678,6 +676,7 @@ impl QueuePair {
         if self.tx_broken || self.tx_blocked {
             return (RxOutcome::Idle, false);
         }
+        let map = &GuestMap::new(mem);
         if self.tx_kicks_on {
             // No kicks while we drain; turned on again when the ring looks empty.
             if let Err(e) = queue.disable_notification(mem) {
@@ -707,7 +706,7 @@ impl QueuePair {
                     break 'batch RxOutcome::MoreWork;
                 }
                 if let Err(e) = chain::walk(
-                    mem,
+                    map,
                     table,
                     size,
                     dc.head_index(),
@@ -733,7 +732,7 @@ impl QueuePair {
                             self.index
                         );
                     }
-                    None => match self.write_chain(mem, &chain) {
+                    None => match self.write_chain(map, &chain) {
                         Ok(true) => {
                             frames += 1;
                             bytes += (total - neg.hdr_len) as u64;
@@ -752,7 +751,7 @@ impl QueuePair {
                         }
                     },
                 }
-                if let Err(e) = self.tx_used.push(&used, mem, chain.head, 0) {
+                if let Err(e) = self.tx_used.push(&used, map, chain.head, 0) {
                     self.break_tx(&e);
                     break 'batch RxOutcome::Idle;
                 }
@@ -801,14 +800,14 @@ impl QueuePair {
 
     /// `writev` one checked chain straight from guest memory. `Ok(false)`:
     /// the TAP refused the frame for good (counted as `tx_dropped_tap_error`).
-    fn write_chain(&mut self, mem: &GuestMemoryMmap<()>, chain: &Chain) -> Result<bool, TxError> {
+    fn write_chain(&mut self, map: &GuestMap<'_>, chain: &Chain) -> Result<bool, TxError> {
         self.iov.0.clear();
-        guest_iovecs(mem, std::slice::from_ref(chain), &mut self.iov.0).map_err(TxError::Broken)?;
+        guest_iovecs(map, std::slice::from_ref(chain), &mut self.iov.0).map_err(TxError::Broken)?;
         let q = self.tap.queue(self.index);
         loop {
-            // SAFETY: every iovec was built just above from a `VolatileSlice`
-            // of `mem`, checked to lie inside a mapped region; `mem` (and so
-            // the mapping) outlives this call, and writev only reads them.
+            // SAFETY: every iovec was built just above by `guest_iovecs`,
+            // each inside one mapped region of the memory `map` borrows (so
+            // the mapping outlives this call); writev only reads them.
             let r = unsafe { q.writev_raw(&self.iov.0) };
             self.iov.0.clear();
             return match r {
@@ -830,25 +829,29 @@ impl QueuePair {
 /// merging neighbours: drivers usually put the header right before the
 /// frame, and one iovec instead of two saves the kernel an iovec import.
 fn guest_iovecs(
-    mem: &GuestMemoryMmap<()>,
+    map: &GuestMap<'_>,
     chains: &[Chain],
     iov: &mut Vec<libc::iovec>,
 ) -> Result<(), String> {
+    let mut add = |base: *mut u8, len: usize| match iov.last_mut() {
+        Some(prev) if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize => {
+            prev.iov_len += len;
+        }
+        _ => iov.push(libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        }),
+    };
     for seg in chains.iter().flat_map(|c| &c.segments) {
-        for s in mem.get_slices(seg.addr, seg.len as usize) {
+        let len = seg.len as usize;
+        if let Some(p) = map.host(seg.addr, len) {
+            add(p.as_ptr(), len);
+            continue;
+        }
+        // Across regions: one iovec per region.
+        for s in map.mem().get_slices(seg.addr, len) {
             let s = s.map_err(|e| format!("guest buffer unmapped: {e}"))?;
-            let base = s.ptr_guard_mut().as_ptr().cast::<libc::c_void>();
-            match iov.last_mut() {
-                Some(prev)
-                    if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize =>
-                {
-                    prev.iov_len += s.len();
-                }
-                _ => iov.push(libc::iovec {
-                    iov_base: base,
-                    iov_len: s.len(),
-                }),
-            }
+            add(s.ptr_guard_mut().as_ptr(), s.len());
         }
     }
     Ok(())
@@ -872,7 +875,7 @@ fn read_guest(mem: &GuestMemoryMmap<()>, chains: &[Chain], out: &mut [u8]) -> Re
 /// Write `bytes` at offset `at` of the data held by `chains` (which may
 /// split it between segments).
 fn write_guest_at(
-    mem: &GuestMemoryMmap<()>,
+    map: &GuestMap<'_>,
     chains: &[Chain],
     mut at: usize,
     mut bytes: &[u8],
@@ -887,8 +890,7 @@ fn write_guest_at(
             continue;
         }
         let n = (len - at).min(bytes.len());
-        vm_memory::Bytes::write_slice(mem, &bytes[..n], seg.addr.unchecked_add(at as u64))
-            .map_err(|e| format!("write to guest buffer failed: {e}"))?;
+        map.write(seg.addr.unchecked_add(at as u64), &bytes[..n])?;
         bytes = &bytes[n..];
         at = 0;
     }
@@ -929,7 +931,7 @@ impl UsedBatch {
     fn push(
         &mut self,
         ring: &UsedRing,
-        mem: &GuestMemoryMmap<()>,
+        map: &GuestMap<'_>,
         head: u16,
         len: u32,
     ) -> Result<(), String> {
@@ -944,9 +946,7 @@ impl UsedBatch {
         let at = GuestAddress(ring.addr)
             .checked_add(4 + 8 * u64::from(slot))
             .ok_or_else(|| "used ring address overflows".to_string())?;
-        let elem = (u64::from(len) << 32 | u64::from(head)).to_le();
-        vm_memory::Bytes::write_obj(mem, elem, at)
-            .map_err(|e| format!("cannot write used entry: {e}"))?;
+        map.write_used(at, u32::from(head), len)?;
         self.pending += 1;
         Ok(())
     }
@@ -1044,7 +1044,7 @@ struct Gathered {
 /// broke the queue).
 fn gather_rx_chains(
     iter: &mut AvailIter<'_, &GuestMemoryMmap<()>>,
-    mem: &GuestMemoryMmap<()>,
+    map: &GuestMap<'_>,
     (table, size): (GuestAddress, u16),
     mrg_rxbuf: bool,
     want: usize,
@@ -1062,7 +1062,7 @@ fn gather_rx_chains(
             chains.push(Chain::default());
         }
         let c = &mut chains[g.taken];
-        chain::walk(mem, table, size, dc.head_index(), Direction::Writable, c)
+        chain::walk(map, table, size, dc.head_index(), Direction::Writable, c)
             .map_err(|e| e.to_string())?;
         g.taken += 1;
         g.capacity += c.total_len as usize;
@@ -1126,7 +1126,7 @@ fn arm_rx_notification(
 /// chain taken is put back. `Err` means the guest broke the queue.
 fn deliver(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap<()>,
+    map: &GuestMap<'_>,
     neg: Negotiated,
     chains: &mut Vec<Chain>,
     used: &mut UsedBatch,
@@ -1139,11 +1139,11 @@ fn deliver(
     let (taken, capacity);
     {
         let mut iter = queue
-            .iter(mem)
+            .iter(map.mem())
             .map_err(|e| format!("bad avail ring: {e}"))?;
         let g = gather_rx_chains(
             &mut iter,
-            mem,
+            map,
             (table, size),
             neg.mrg_rxbuf,
             len,
@@ -1176,11 +1176,10 @@ fn deliver(
             }
             let n = (seg.len as usize).min(len - off);
             // walk() checked the range; a failure here means the memory map changed.
-            vm_memory::Bytes::write_slice(mem, &frame[off..off + n], seg.addr)
-                .map_err(|e| format!("write to guest buffer failed: {e}"))?;
+            map.write(seg.addr, &frame[off..off + n])?;
             off += n;
         }
-        used.push(&ring, mem, c.head, (off - start) as u32)?;
+        used.push(&ring, map, c.head, (off - start) as u32)?;
     }
     Ok(Delivery::Done)
 }
@@ -1286,5 +1285,73 @@ impl Aqm {
         let st = self.fq.stats();
         c.rx_aqm_ecn_marks.store(st.ecn_marks, Relaxed);
         c.rx_aqm_flows.store(st.flows_active as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Segment;
+
+    fn host(mem: &GuestMemoryMmap<()>, addr: u64) -> usize {
+        mem.get_host_address(GuestAddress(addr)).unwrap() as usize
+    }
+
+    #[test]
+    fn guest_iovecs_split_a_buffer_across_regions_and_merge_neighbours() {
+        // Two regions adjacent in guest memory, two separate host mappings.
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+        ])
+        .unwrap();
+        let map = GuestMap::new(&mem);
+        let chain = Chain {
+            head: 0,
+            // Header right before the frame (merged), then a buffer across
+            // the regions' border (split).
+            segments: vec![
+                Segment {
+                    addr: GuestAddress(0x100),
+                    len: 12,
+                },
+                Segment {
+                    addr: GuestAddress(0x10c),
+                    len: 64,
+                },
+                Segment {
+                    addr: GuestAddress(0xf00),
+                    len: 0x200,
+                },
+            ],
+            total_len: 12 + 64 + 0x200,
+        };
+        let mut iov = Vec::new();
+        guest_iovecs(&map, std::slice::from_ref(&chain), &mut iov).unwrap();
+        let got: Vec<(usize, usize)> = iov
+            .iter()
+            .map(|v| (v.iov_base as usize, v.iov_len))
+            .collect();
+        let mut want = vec![(host(&mem, 0x100), 76), (host(&mem, 0xf00), 0x100)];
+        let second = (host(&mem, 0x1000), 0x100);
+        // The two mappings may happen to be adjacent in our address space too.
+        if want[1].0 + 0x100 == second.0 {
+            want[1].1 += 0x100;
+        } else {
+            want.push(second);
+        }
+        assert_eq!(got, want);
+
+        // A buffer outside guest memory is refused, not turned into an iovec.
+        let bad = Chain {
+            head: 1,
+            segments: vec![Segment {
+                addr: GuestAddress(0x1f00),
+                len: 0x200,
+            }],
+            total_len: 0x200,
+        };
+        iov.clear();
+        assert!(guest_iovecs(&map, std::slice::from_ref(&bad), &mut iov).is_err());
     }
 }

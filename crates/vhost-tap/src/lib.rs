@@ -27,6 +27,7 @@ pub mod chain;
 pub mod config;
 pub mod counters;
 pub mod datapath;
+pub mod guestmap;
 pub mod relay;
 pub mod server;
 pub mod slots;
