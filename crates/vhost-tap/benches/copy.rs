@@ -117,6 +117,44 @@ fn tx_iovecs_get_slices(b: Bencher, len: usize) {
     });
 }
 
+/// The same iovecs through the data path's `GuestMap` (what it uses now).
+#[divan::bench(args = [64, 1514, 65536])]
+fn tx_iovecs_guestmap(b: Bencher, len: usize) {
+    let mem = memory();
+    let map = GuestMap::new(&mem);
+    let segs = [
+        (GuestAddress(DATA), 12usize),
+        (GuestAddress(DATA + 12), len),
+    ];
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
+    b.bench_local(|| {
+        iov.clear();
+        for (addr, l) in segs {
+            let p = map.host(addr, l).unwrap();
+            iov.push(libc::iovec {
+                iov_base: p.as_ptr().cast(),
+                iov_len: l,
+            });
+        }
+        black_box(iov.len())
+    });
+}
+
+/// `rx_copy_write_slice`'s rotation through `GuestMap::write` (the ring
+/// path's copy now).
+#[divan::bench(args = [76, 1526, 65548])]
+fn rx_copy_guestmap(b: Bencher, len: usize) {
+    let mem = memory();
+    let map = GuestMap::new(&mem);
+    let frame = vec![0x41u8; len];
+    let mut i = 0u64;
+    b.counter(BytesCount::new(len)).bench_local(|| {
+        let addr = GuestAddress(DATA + (i % 256) * 69_632);
+        i += 1;
+        map.write(addr, black_box(&frame)).unwrap();
+    });
+}
+
 /// The same copy into one buffer (hot in cache, no page faults), and a plain
 /// `copy_from_slice` into ordinary memory for comparison.
 #[divan::bench(args = [76, 1526, 65548])]

@@ -78,9 +78,10 @@ impl<'m> GuestMap<'m> {
         let end = a.checked_add(len as u64)?;
         let inside = |r: &Region| r.start <= a && end <= r.end;
         let hit = |r: &Region| {
-            // In bounds of the region's mapping: `a - r.start < r.end - r.start`.
-            // SAFETY: the offset is below the region's length, so the result
-            // stays inside the mapping `r.host` points to.
+            // SAFETY: only called on a region with `r.start <= a` and
+            // `a + len <= r.end`, so the offset is at most the region's
+            // length: the result stays inside the mapping `r.host` points to
+            // (one past its end only for an empty range at the end).
             unsafe { r.host.add((a - r.start) as usize) }
         };
         let last = self.last.get();
