@@ -94,8 +94,9 @@ impl<'m> GuestMap<'m> {
                     self.last.set(i);
                     return Some(hit(r));
                 }
-                Some(_) => {}
-                None => break,
+                // A slot `new` left empty (a region it could not use) may
+                // sit between used ones.
+                Some(_) | None => {}
             }
         }
         None
@@ -158,11 +159,11 @@ impl<'m> GuestMap<'m> {
             Some(p) => {
                 // SAFETY: `host` checked that `bytes.len()` bytes at `p` are
                 // inside a mapped region, which `self.mem` keeps mapped;
-                // `bytes` is our own memory, so the two do not overlap.
-                // Plain copy into memory the guest may read concurrently, as
-                // vm-memory's own `write_slice` does.
+                // `copy` allows the two ranges to overlap. A plain copy: the
+                // buffer belongs to the device until its used element is
+                // published (Release), so the guest does not read it now.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.as_ptr(), bytes.len());
+                    std::ptr::copy(bytes.as_ptr(), p.as_ptr(), bytes.len());
                 }
                 Ok(())
             }
@@ -191,7 +192,9 @@ mod tests {
     fn host_agrees_with_vm_memory_at_every_edge() {
         let mem = mem();
         let map = GuestMap::new(&mem);
-        for addr in [
+        // Upward, then back down, so that the last-hit region is sometimes
+        // a later one than the answer.
+        let addrs = [
             0u64,
             0xfff,
             0x1000,
@@ -205,18 +208,18 @@ mod tests {
             0x10fff,
             0x11000,
             u64::MAX - 3,
-        ] {
-            for len in [0usize, 1, 8, 16, 0x1000, 0x2000] {
+            0x10010,
+            0x1010,
+            0x10020,
+            0x2000,
+        ];
+        for addr in addrs {
+            for len in [1usize, 8, 16, 0x1000, 0x2000, usize::MAX] {
                 let ours = map.host(GuestAddress(addr), len).map(|p| p.as_ptr());
                 let theirs = mem
                     .get_slice(GuestAddress(addr), len)
                     .ok()
-                    .filter(|_| len > 0)
                     .map(|s| s.ptr_guard_mut().as_ptr());
-                if len == 0 {
-                    // vm-memory refuses empty slices; we only need non-empty ones.
-                    continue;
-                }
                 assert_eq!(ours, theirs, "addr {addr:#x} len {len}");
                 assert_eq!(
                     map.contains(GuestAddress(addr), len),
@@ -224,6 +227,12 @@ mod tests {
                     "addr {addr:#x} len {len}"
                 );
             }
+            // Empty ranges: vm-memory calls any address memory.
+            assert_eq!(
+                map.contains(GuestAddress(addr), 0),
+                mem.check_range(GuestAddress(addr), 0),
+                "addr {addr:#x} len 0"
+            );
         }
     }
 
@@ -237,6 +246,17 @@ mod tests {
         let map = GuestMap::new(&mem);
         assert!(map.host(GuestAddress(0xff8), 16).is_none());
         assert!(map.contains(GuestAddress(0xff8), 16));
+        // Ring fields across the border take vm-memory's path and still work.
+        let d = Descriptor::new(0xabcd, 64, 2, 1);
+        mem.write_obj(d, GuestAddress(0xff8)).unwrap();
+        let r = map.read_desc(GuestAddress(0xff8)).unwrap();
+        assert_eq!(
+            (r.addr().0, r.len(), r.flags(), r.next()),
+            (0xabcd, 64, 2, 1)
+        );
+        map.write_used(GuestAddress(0xffc), 9, 77).unwrap();
+        let elem: u64 = mem.read_obj(GuestAddress(0xffc)).unwrap();
+        assert_eq!(u64::from_le(elem), 77 << 32 | 9);
         // Written through vm-memory's path, read back whole.
         map.write(GuestAddress(0xffc), &[1, 2, 3, 4, 5, 6, 7, 8])
             .unwrap();
@@ -269,6 +289,10 @@ mod tests {
             assert_eq!(u64::from_le(elem), 0xdead << 32 | 5);
         }
         assert!(map.write_used(GuestAddress(0x3000), 1, 1).is_err());
+        assert!(
+            map.write_used(GuestAddress(0x2ffc), 1, 1).is_err(),
+            "straddles the region's end"
+        );
         assert!(map.write(GuestAddress(0x2fff), &[0, 0]).is_err());
     }
 }
