@@ -79,79 +79,75 @@ fn walk_tx_chain_2_descs(b: Bencher) {
     });
 }
 
+/// Copy a `len`-byte frame with `write`, rotating over 256 guest buffers of
+/// 64 KiB + 4 KiB, as over a guest's RX ring.
+fn rotating_copy(b: Bencher, len: usize, mut write: impl FnMut(GuestAddress, &[u8])) {
+    let frame = vec![0x41u8; len];
+    let mut i = 0u64;
+    b.counter(BytesCount::new(len)).bench_local(|| {
+        let addr = GuestAddress(DATA + (i % 256) * 69_632);
+        i += 1;
+        write(addr, black_box(&frame));
+    });
+}
+
 /// Frame (with its 12-byte header) copied into a guest RX buffer.
 #[divan::bench(args = [76, 1526, 65548])]
 fn rx_copy_write_slice(b: Bencher, len: usize) {
     let mem = memory();
-    let frame = vec![0x41u8; len];
-    // Rotate over 256 buffers of 64 KiB + 4 KiB, as over a guest's RX ring.
-    let mut i = 0u64;
-    b.counter(BytesCount::new(len)).bench_local(|| {
-        let addr = GuestAddress(DATA + (i % 256) * 69_632);
-        i += 1;
-        mem.write_slice(black_box(&frame), addr).unwrap();
-    });
+    rotating_copy(b, len, |addr, frame| mem.write_slice(frame, addr).unwrap());
 }
 
-/// iovecs for a 2-descriptor TX chain (header + frame), as before `writev`.
-#[divan::bench(args = [64, 1514, 65536])]
-fn tx_iovecs_get_slices(b: Bencher, len: usize) {
-    let mem = memory();
-    let segs = [
-        (GuestAddress(DATA), 12usize),
-        (GuestAddress(DATA + 12), len),
-    ];
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
-    b.bench_local(|| {
-        iov.clear();
-        for (addr, l) in segs {
-            for s in mem.get_slices(addr, l) {
-                let s = s.unwrap();
-                iov.push(libc::iovec {
-                    iov_base: s.ptr_guard().as_ptr() as *mut libc::c_void,
-                    iov_len: s.len(),
-                });
-            }
-        }
-        black_box(iov.len())
-    });
-}
-
-/// The same iovecs through the data path's `GuestMap` (what it uses now).
-#[divan::bench(args = [64, 1514, 65536])]
-fn tx_iovecs_guestmap(b: Bencher, len: usize) {
-    let mem = memory();
-    let map = GuestMap::new(&mem);
-    let segs = [
-        (GuestAddress(DATA), 12usize),
-        (GuestAddress(DATA + 12), len),
-    ];
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
-    b.bench_local(|| {
-        iov.clear();
-        for (addr, l) in segs {
-            let p = map.host(addr, l).unwrap();
-            iov.push(libc::iovec {
-                iov_base: p.as_ptr().cast(),
-                iov_len: l,
-            });
-        }
-        black_box(iov.len())
-    });
-}
-
-/// `rx_copy_write_slice`'s rotation through `GuestMap::write` (the ring
-/// path's copy now).
+/// The same through `GuestMap::write` (the ring path's copy now).
 #[divan::bench(args = [76, 1526, 65548])]
 fn rx_copy_guestmap(b: Bencher, len: usize) {
     let mem = memory();
     let map = GuestMap::new(&mem);
-    let frame = vec![0x41u8; len];
-    let mut i = 0u64;
-    b.counter(BytesCount::new(len)).bench_local(|| {
-        let addr = GuestAddress(DATA + (i % 256) * 69_632);
-        i += 1;
-        map.write(addr, black_box(&frame)).unwrap();
+    rotating_copy(b, len, |addr, frame| map.write(addr, frame).unwrap());
+}
+
+/// Build the iovecs of a 2-descriptor TX chain (header + `len`-byte frame),
+/// as before `writev`, with `add` pushing one segment's iovecs.
+fn tx_iovecs(b: Bencher, len: usize, add: impl Fn(GuestAddress, usize, &mut Vec<libc::iovec>)) {
+    let segs = [
+        (GuestAddress(DATA), 12usize),
+        (GuestAddress(DATA + 12), len),
+    ];
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
+    b.bench_local(|| {
+        iov.clear();
+        for (addr, l) in segs {
+            add(addr, l, &mut iov);
+        }
+        black_box(iov.len())
+    });
+}
+
+/// Through vm-memory's `get_slices` (what the data path used before `GuestMap`).
+#[divan::bench(args = [64, 1514, 65536])]
+fn tx_iovecs_get_slices(b: Bencher, len: usize) {
+    let mem = memory();
+    tx_iovecs(b, len, |addr, l, iov| {
+        for s in mem.get_slices(addr, l) {
+            let s = s.unwrap();
+            iov.push(libc::iovec {
+                iov_base: s.ptr_guard().as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            });
+        }
+    });
+}
+
+/// Through the data path's `GuestMap` (what it uses now).
+#[divan::bench(args = [64, 1514, 65536])]
+fn tx_iovecs_guestmap(b: Bencher, len: usize) {
+    let mem = memory();
+    let map = GuestMap::new(&mem);
+    tx_iovecs(b, len, |addr, l, iov| {
+        iov.push(libc::iovec {
+            iov_base: map.host(addr, l).unwrap().as_ptr().cast(),
+            iov_len: l,
+        })
     });
 }
 

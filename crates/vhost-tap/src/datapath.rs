@@ -1299,12 +1299,7 @@ mod tests {
 
     #[test]
     fn guest_iovecs_split_a_buffer_across_regions_and_merge_neighbours() {
-        // Two regions adjacent in guest memory, two separate host mappings.
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 0x1000),
-            (GuestAddress(0x1000), 0x1000),
-        ])
-        .unwrap();
+        let mem = crate::guestmap::tests::adjacent_regions();
         let map = GuestMap::new(&mem);
         let chain = Chain {
             head: 0,

@@ -176,7 +176,7 @@ impl<'m> GuestMap<'m> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Two regions with a gap, as a guest with memory below and above a hole.
@@ -236,13 +236,15 @@ mod tests {
         }
     }
 
+    /// Two 4 KiB regions adjacent in guest memory (0..0x2000), two host mappings.
+    pub(crate) fn adjacent_regions() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
+            .unwrap()
+    }
+
     #[test]
     fn a_range_across_adjacent_regions_is_memory_but_has_no_single_host_address() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 0x1000),
-            (GuestAddress(0x1000), 0x1000),
-        ])
-        .unwrap();
+        let mem = adjacent_regions();
         let map = GuestMap::new(&mem);
         assert!(map.host(GuestAddress(0xff8), 16).is_none());
         assert!(map.contains(GuestAddress(0xff8), 16));
