@@ -1428,13 +1428,30 @@ def plots(S, agg, outdir):
                 un += " (log)"
                 ax.set_ylabel(un)
             ax.set_title(title, fontsize=9)
-        fig.suptitle(f"{sc['id']}: {sc['title']}", fontsize=9)
-        fig.tight_layout()
-        f = os.path.join(outdir, f"{sc['id']}.png")
-        fig.savefig(f, dpi=80)
-        plt.close(fig)
-        files.append(f)
+        files.append(_save(plt, fig, sc, outdir, 9))
     return files
+
+
+def _save(plt, fig, sc, outdir, title_size):
+    """Title the figure with the scenario, write <id>.png, return its path."""
+    fig.suptitle(f"{sc['id']}: {sc['title']}", fontsize=title_size)
+    fig.tight_layout()
+    f = os.path.join(outdir, f"{sc['id']}.png")
+    fig.savefig(f, dpi=80)
+    plt.close(fig)
+    return f
+
+
+def _panels(plt, sc, rows, outdir, height, title_size, panels):
+    """Two panels of grouped bars; panels: [(specs, ylabel, title, log)]."""
+    if not rows:
+        return []
+    fig, axs = plt.subplots(1, 2, figsize=(9, height))
+    for ax, (specs, ylabel, title, log) in zip(axs, panels):
+        _bars(ax, rows, specs, log=log)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+    return [_save(plt, fig, sc, outdir, title_size)]
 
 
 def _bars(ax, rows, specs, log=False):
@@ -1458,42 +1475,22 @@ def _bars(ax, rows, specs, log=False):
 
 
 def latency_plot(plt, sc, rows, outdir):
-    if not rows:
-        return []
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3.4))
-    _bars(axs[0], rows, [("ping_p50_ms", 1, "p50", "#1f77b4"), ("ping_p99_ms", 1, "p99", "#d62728")], log=True)
-    axs[0].set_ylabel("ping RTT, ms (log)")
-    axs[0].set_title("ping under load", fontsize=9)
-    _bars(axs[1], rows, [("tun_tail_drops_ps", 1, "tun tail drops", "#7f7f7f"),
-                         ("aqm_drops_ps", 1, "daemon AQM drops", "#2ca02c"),
-                         ("peer_drops_ps", 1, "DPDK peer drops", "#ff7f0e")])
-    axs[1].set_ylabel("frames/s")
-    axs[1].set_title("where frames were dropped", fontsize=9)
-    fig.suptitle(f"{sc['id']}: {sc['title']}", fontsize=7.5)
-    fig.tight_layout()
-    f = os.path.join(outdir, f"{sc['id']}.png")
-    fig.savefig(f, dpi=80)
-    plt.close(fig)
-    return [f]
+    return _panels(plt, sc, rows, outdir, 3.4, 7.5, [
+        ([("ping_p50_ms", 1, "p50", "#1f77b4"), ("ping_p99_ms", 1, "p99", "#d62728")],
+         "ping RTT, ms (log)", "ping under load", True),
+        ([("tun_tail_drops_ps", 1, "tun tail drops", "#7f7f7f"),
+          ("aqm_drops_ps", 1, "daemon AQM drops", "#2ca02c"),
+          ("peer_drops_ps", 1, "DPDK peer drops", "#ff7f0e")],
+         "frames/s", "where frames were dropped", False)])
 
 
 def xdp_plot(plt, sc, rows, outdir):
-    if not rows:
-        return []
-    fig, axs = plt.subplots(1, 2, figsize=(9, 3.2))
-    _bars(axs[0], rows, [("xdp_drop_pps", 1e3, "guest XDP drop", "#1f77b4"),
-                         ("tun_tail_drops_ps", 1e3, "tun tail drops", "#7f7f7f")])
-    axs[0].set_ylabel("kpps")
-    axs[0].set_title("guest XDP drop rate, tun tail drops", fontsize=9)
-    _bars(axs[1], rows, [("us_per_frame", 1, "daemon µs CPU/frame", "#1f77b4")])
-    axs[1].set_ylabel("µs")
-    axs[1].set_title("daemon CPU per frame delivered", fontsize=9)
-    fig.suptitle(f"{sc['id']}: {sc['title']}", fontsize=8)
-    fig.tight_layout()
-    f = os.path.join(outdir, f"{sc['id']}.png")
-    fig.savefig(f, dpi=80)
-    plt.close(fig)
-    return [f]
+    return _panels(plt, sc, rows, outdir, 3.2, 8, [
+        ([("xdp_drop_pps", 1e3, "guest XDP drop", "#1f77b4"),
+          ("tun_tail_drops_ps", 1e3, "tun tail drops", "#7f7f7f")],
+         "kpps", "guest XDP drop rate, tun tail drops", False),
+        ([("us_per_frame", 1, "daemon µs CPU/frame", "#1f77b4")],
+         "µs", "daemon CPU per frame delivered", False)])
 
 
 # --------------------------------------------------------------------------

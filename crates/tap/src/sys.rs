@@ -209,8 +209,7 @@ fn syscall_result(n: libc::c_long) -> io::Result<usize> {
 /// Every iovec must point to memory valid for writes of `iov_len` bytes for
 /// the duration of the call, and not be accessed by anyone else meanwhile.
 pub(crate) unsafe fn readv(file: &File, iov: &[libc::iovec]) -> io::Result<usize> {
-    let cnt =
-        libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cnt = iov_count(iov)?;
     // SAFETY: the pointer and count describe the `iov` slice; the memory the
     // iovecs point to is valid for writes by this function's contract.
     syscall_result(unsafe {
@@ -218,7 +217,7 @@ pub(crate) unsafe fn readv(file: &File, iov: &[libc::iovec]) -> io::Result<usize
             libc::SYS_readv,
             libc::c_long::from(file.as_raw_fd()),
             iov.as_ptr(),
-            libc::c_long::from(cnt),
+            cnt,
         )
     })
 }
@@ -242,8 +241,7 @@ pub(crate) unsafe fn writev(file: &File, iov: &[libc::iovec]) -> io::Result<usiz
             )
         });
     }
-    let cnt =
-        libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let cnt = iov_count(iov)?;
     // SAFETY: the pointer and count describe the `iov` slice; the memory the
     // iovecs point to is valid for reads by this function's contract.
     syscall_result(unsafe {
@@ -251,9 +249,16 @@ pub(crate) unsafe fn writev(file: &File, iov: &[libc::iovec]) -> io::Result<usiz
             libc::SYS_writev,
             libc::c_long::from(file.as_raw_fd()),
             iov.as_ptr(),
-            libc::c_long::from(cnt),
+            cnt,
         )
     })
+}
+
+/// The iovec count argument of readv/writev (an `int` for the kernel).
+fn iov_count(iov: &[libc::iovec]) -> io::Result<libc::c_long> {
+    libc::c_int::try_from(iov.len())
+        .map(libc::c_long::from)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 #[cfg(test)]

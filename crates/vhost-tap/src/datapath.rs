@@ -222,17 +222,23 @@ impl QueuePair {
                 QueueCounters::add(&c.rx_dropped_too_short, 1);
                 continue;
             };
-            match self.producer.produce(len) {
-                Ok(Produced::Ok) => {}
-                Ok(Produced::Stopped) => QueueCounters::add(&c.rx_reader_stops, 1),
-                Err(ptr_ring::Full) => unreachable!("next_free_slot said the slot was free"),
-            }
+            self.produce(len);
         }
         // Only this thread fills the ring, so its occupancy peaks here.
         if read > 0 {
             QueueCounters::raise(&c.rx_ring_high_water, self.consumer.len() as u64);
         }
         read
+    }
+
+    /// Hand the frame just read into the slot `next_free_slot` gave to the
+    /// ring, counting a reader stop.
+    fn produce(&mut self, len: NonZeroUsize) {
+        match self.producer.produce(len) {
+            Ok(Produced::Ok) => {}
+            Ok(Produced::Stopped) => QueueCounters::add(&self.counters.rx_reader_stops, 1),
+            Err(ptr_ring::Full) => unreachable!("next_free_slot said the slot was free"),
+        }
     }
 
     /// Move frames TAP → ring → guest until neither side can progress or the
@@ -434,15 +440,7 @@ impl QueuePair {
                         break 'frames Some(e);
                     }
                     let len = NonZeroUsize::new(n).expect("n > capacity >= 0");
-                    match self.producer.produce(len) {
-                        Ok(Produced::Ok) => {}
-                        Ok(Produced::Stopped) => {
-                            QueueCounters::add(&self.counters.rx_reader_stops, 1)
-                        }
-                        Err(ptr_ring::Full) => {
-                            unreachable!("next_free_slot said the slot was free")
-                        }
-                    }
+                    self.produce(len);
                     in_flight = false;
                     // Only a long frame calls for long-frame room; a short one
                     // spilled because the guest had few chains posted.
