@@ -508,16 +508,9 @@ def one_run(ctx, sc, system, fe, rep, rate=None, placement=UNPINNED):
         res["qdisc_sent_pps"] = d("qdisc_sent_pkts")
         if sc["dir"] == "h2g":
             res["offered_pps"] = d("qdisc_sent_pkts") + d("qdisc_dropped")
+        drops_from(res, s0, s1, win)
         if "daemon" in s1:
-            c0, c1 = s0["daemon"], s1["daemon"]
-            res["daemon_counters"] = {k: c1[k] - c0.get(k, 0) for k in c1
-                                      if not k.endswith("high_water") and not k.startswith("rx_aqm_backlog")
-                                      and k != "rx_aqm_flows"}
-            res["daemon_drops"] = {k: v for k, v in res["daemon_counters"].items() if is_drop(k) and v}
-            res["daemon_drops_total"] = sum(v for k, v in res["daemon_counters"].items() if is_drop(k))
-            res["aqm_drops"] = {k: v for k, v in res["daemon_counters"].items() if is_aqm_drop(k) and v}
-            res["aqm_drops_ps"] = sum(v for k, v in res["daemon_counters"].items() if is_aqm_drop(k)) / win
-            res["ring_high_water"] = c1.get("rx_ring_high_water")
+            res["ring_high_water"] = s1["daemon"].get("rx_ring_high_water")
         if fe == "testpmd":
             r = rate_between(fp.testpmd_series(), "p0_RX-missed", t0, t1)
             res["guest_drops_ps"] = r[0] / r[1] if r else None
@@ -681,7 +674,7 @@ def ns_tap_stats(ns, dev):
 
 
 def drops_from(res, s0, s1, win):
-    """Daemon counter deltas, drops by reason, AQM decisions (as one_run)."""
+    """Daemon counter deltas, drops by reason, AQM decisions, into res."""
     if "daemon" not in s1:
         return
     c0, c1 = s0["daemon"], s1["daemon"]
@@ -1183,8 +1176,7 @@ def summary_md(S, agg, meta):
         for g in rows:
             m, lo, hi = g["pps"]
             u, ulo, uhi = g["us_per_frame"]
-            dd = g["daemon_drops_total"][0]
-            ddtxt = "–" if dd is None else (f"{dd:.0f}" + (f" ({', '.join(f'{k}={v}' for k, v in g['daemon_drops_by_reason'].items())})" if g["daemon_drops_by_reason"] else ""))
+            ddtxt = reasons_txt(g["daemon_drops_total"][0], g["daemon_drops_by_reason"])
             err = "" if g["ok_runs"] == g["runs"] else f" ({g['runs'] - g['ok_runs']} failed)"
             L.append(f"| {g['system']}{err} | {g['frontend']} | {pcell(g, pc)}{fmt(m, 'Mpps')} ({fmt(lo, 'Mpps')}–{fmt(hi, 'Mpps')}) | "
                      + (f"{fmt(g['bps'][0], 'Gbps')} | " if gbps else "")
