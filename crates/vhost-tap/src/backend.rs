@@ -129,6 +129,32 @@ impl Device {
         r
     }
 
+    /// The structured form of [`Device::report`], for tools.
+    pub fn report_json(
+        &self,
+        event: crate::counters::ReportEvent,
+    ) -> crate::counters::DeviceReport {
+        crate::counters::DeviceReport {
+            event,
+            device: self.settings.name.clone(),
+            tap: self.tap.name().to_string(),
+            mode: self.settings.mode.name().to_string(),
+            tap_tx_dropped: self.tap.tx_dropped().ok(),
+            queues: self
+                .counters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| crate::counters::QueueReport::of(i, c))
+                .collect(),
+        }
+    }
+
+    /// Log both forms of the counters: the human lines, then the JSON line.
+    pub fn log_report(&self, event: crate::counters::ReportEvent, title: &str) {
+        info!("{title}:\n{}", self.report().trim_end());
+        info!("{}", self.report_json(event).to_log_line());
+    }
+
     /// Lock a queue pair, recovering it if a worker panicked while holding it.
     pub fn pair(&self, i: usize) -> std::sync::MutexGuard<'_, QueuePair> {
         self.pairs[i].lock().unwrap_or_else(|p| p.into_inner())

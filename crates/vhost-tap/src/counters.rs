@@ -6,9 +6,17 @@
 //! dropping. The counters are plain relaxed atomics: each is written by one
 //! worker thread and read by the reporter, and no other memory is published
 //! through them.
+//!
+//! Reports come in two forms from one snapshot: a line per queue for people
+//! (`device=NAME queue=N key=value ...`) and one JSON object per device for
+//! tools ([`DeviceReport`], logged after [`JSON_TAG`]), which the tests and
+//! the benchmarks parse with [`parse_reports`].
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
 
 /// Defines the counter struct, its field list and the formatter in one place so
 /// that a new counter cannot be forgotten in the report.
@@ -134,6 +142,101 @@ pub fn report(device: &str, queues: &[&QueueCounters]) -> String {
     out
 }
 
+/// What a device report is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReportEvent {
+    /// Asked for with SIGUSR1.
+    Signal,
+    /// A frontend went away.
+    Disconnect,
+    /// The daemon is shutting down (after the rings were emptied).
+    Exit,
+}
+
+/// One device's counters, as tools read them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    pub event: ReportEvent,
+    /// The device's name (its TAP's name as configured).
+    pub device: String,
+    /// The TAP's name in the kernel.
+    pub tap: String,
+    /// The queue mode in effect.
+    pub mode: String,
+    /// The kernel's tun tail drops (the TAP's `tx_dropped`); `None` if unreadable.
+    pub tap_tx_dropped: Option<u64>,
+    pub queues: Vec<QueueReport>,
+}
+
+/// One queue pair's counters, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    pub queue: usize,
+    #[serde(flatten)]
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl QueueReport {
+    pub fn of(queue: usize, c: &QueueCounters) -> QueueReport {
+        QueueReport {
+            queue,
+            counters: c
+                .snapshot()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+
+    /// A counter by name (0 if this daemon has no such counter).
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Sum of every `*_dropped_*` counter.
+    pub fn dropped(&self) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.contains("_dropped_"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+impl DeviceReport {
+    /// A counter summed over the queues.
+    pub fn total(&self, name: &str) -> u64 {
+        self.queues.iter().map(|q| q.get(name)).sum()
+    }
+
+    /// Frames the daemon dropped, over all queues (AQM decisions excluded).
+    pub fn dropped(&self) -> u64 {
+        self.queues.iter().map(QueueReport::dropped).sum()
+    }
+
+    /// The log line: [`JSON_TAG`] and the report as one JSON object.
+    pub fn to_log_line(&self) -> String {
+        // Serialising plain strings and integers cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{JSON_TAG}{json}")
+    }
+}
+
+/// The marker in front of a JSON device report in the daemon's log.
+pub const JSON_TAG: &str = "counters-json ";
+
+/// Every JSON device report in a daemon log, in order. Lines that do not
+/// parse (a report cut off by a crash) are skipped.
+pub fn parse_reports(log: &str) -> Vec<DeviceReport> {
+    log.lines()
+        .filter_map(|line| {
+            let at = line.find(JSON_TAG)?;
+            serde_json::from_str(&line[at + JSON_TAG.len()..]).ok()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +254,32 @@ mod tests {
         assert!(line.contains(" rx_ring_high_water=7"));
         assert!(line.contains(" tx_tap_full=0"));
         assert_eq!(q.dropped(), 3);
+    }
+
+    #[test]
+    fn json_report_round_trips_through_a_log() {
+        let q = QueueCounters::default();
+        QueueCounters::add(&q.rx_frames, 5);
+        QueueCounters::add(&q.rx_dropped_truncated, 1);
+        QueueCounters::add(&q.rx_aqm_codel_drops, 4);
+        let r = DeviceReport {
+            event: ReportEvent::Signal,
+            device: "vm0".into(),
+            tap: "vt0".into(),
+            mode: "fq-codel".into(),
+            tap_tx_dropped: Some(9),
+            queues: vec![QueueReport::of(0, &q), QueueReport::of(1, &q)],
+        };
+        let log = format!(
+            "[t INFO vhost_tap] starting\n[t INFO vhost_tap] {}\n[t INFO vhost_tap] {JSON_TAG}{{\"cut",
+            r.to_log_line()
+        );
+        let got = parse_reports(&log);
+        assert_eq!(got, vec![r.clone()]);
+        assert!(got[0].to_log_line().contains(r#""event":"signal""#));
+        assert_eq!(got[0].total("rx_frames"), 10);
+        // AQM decisions are not daemon drops.
+        assert_eq!(got[0].dropped(), 2);
+        assert_eq!(got[0].queues[1].get("no_such_counter"), 0);
     }
 }

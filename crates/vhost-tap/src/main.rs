@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use vhost_tap::backend::{Device, DeviceSettings};
 use vhost_tap::config::{self, DeviceConfig, Mode, RawDevice};
+use vhost_tap::counters::ReportEvent;
 use vhost_tap::server::{self, DeviceServer, Stop};
 
 /// A vhost-user-net backend bridging guests to host TAP devices, with
@@ -258,7 +259,7 @@ fn main() -> ExitCode {
         match wait_signal(&sigs) {
             libc::SIGUSR1 => {
                 for s in &servers {
-                    info!("counters:\n{}", s.device.report().trim_end());
+                    s.device.log_report(ReportEvent::Signal, "counters");
                 }
             }
             sig => {
@@ -278,7 +279,7 @@ fn main() -> ExitCode {
         for i in 0..s.device.pairs.len() {
             s.device.pair(i).drop_ring_at_shutdown();
         }
-        info!("final counters:\n{}", s.device.report().trim_end());
+        s.device.log_report(ReportEvent::Exit, "final counters");
     }
     let _ = std::fs::remove_dir_all(&dir);
     ExitCode::SUCCESS

@@ -16,6 +16,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::backend::{Device, NetBackend};
+use crate::counters::ReportEvent;
 use crate::relay;
 
 /// Stops every device server: set, then each server's eventfd is written.
@@ -184,10 +185,12 @@ impl DeviceServer {
             if let Err(e) = self.serve_connection(front, n) {
                 error!("{}: connection {n}: {e}", self.name());
             }
-            info!(
-                "{}: frontend gone (connection {n}); listening again\n{}",
-                self.name(),
-                self.device.report().trim_end()
+            self.device.log_report(
+                ReportEvent::Disconnect,
+                &format!(
+                    "{}: frontend gone (connection {n}); listening again",
+                    self.name()
+                ),
             );
         }
         let _ = std::fs::remove_file(&self.socket);
