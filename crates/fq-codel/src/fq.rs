@@ -14,7 +14,7 @@
 //!   list first, so that a flow cannot starve the others by emptying and
 //!   re-entering the new list.
 //!
-//! The flow table is allocated once, in [`FqCodel::new`]; each flow's queue is
+//! The flow table is allocated once, in [`FqCodel::try_new`]; each flow's queue is
 //! a `VecDeque` that only grows to its high-water mark. The two lists are
 //! `VecDeque`s of flow indices with room for every flow, as a flow is on at
 //! most one list at a time.
@@ -33,26 +33,68 @@ use crate::Packet;
 /// would otherwise run for every packet under sustained overload.
 pub const OVERLIMIT_DROP_BATCH: usize = 64;
 
-/// Most flows a table may have (as Linux `fq_codel`).
+/// Fewest flow queues a table may have.
+pub const MIN_FLOWS: usize = 1;
+/// Most flow queues a table may have (as Linux `fq_codel`); every flow index
+/// then fits the `u32` the flow lists hold.
 pub const MAX_FLOWS: usize = 65_536;
 
+/// Smallest `limit`, in packets.
+pub const MIN_LIMIT: usize = 1;
+/// Largest `limit`, in packets: a hundred times the default, and a standing
+/// queue no AQM would keep (about 70 ms of minimum-size frames at 10 Gb/s).
+/// Mostly it catches a byte count given where a packet count belongs.
+pub const MAX_LIMIT: usize = 1 << 20;
+
+/// Smallest `memory_limit`, in bytes. A limit below the largest packet drops
+/// every such packet on arrival; the caller, who knows its packet sizes, may
+/// want a higher floor.
+pub const MIN_MEMORY_LIMIT: usize = 1;
+/// Largest `memory_limit`, in bytes: 16 GiB (the whole address space where
+/// `usize` is narrower than 35 bits). Far above any queue worth keeping; it
+/// catches a typo before the queue can grow without bound.
+pub const MAX_MEMORY_LIMIT: usize = if usize::BITS > 34 {
+    // Not truncated: this branch is taken only when usize holds 2^34.
+    (1u64 << 34) as usize
+} else {
+    usize::MAX
+};
+
+/// Smallest `quantum`, in bytes. Linux raises anything below 256 to 256;
+/// here a small quantum is kept as given (DRR stays correct, only slower).
+pub const MIN_QUANTUM: usize = 1;
+/// Largest `quantum`, in bytes (Linux `FQ_CODEL_QUANTUM_MAX`): far above any
+/// MTU + 14, and small enough that flow credit (an `i64`) cannot overflow.
+pub const MAX_QUANTUM: usize = 1 << 20;
+
+/// Smallest CoDel `interval_ns`. There is no upper bound: CoDel's time
+/// arithmetic saturates.
+pub const MIN_INTERVAL_NS: u64 = 1;
+
 /// FQ-CoDel parameters. [`Default`] gives the RFC 8290 / Linux defaults.
+///
+/// The ranges are public constants so that a configuration parser can check
+/// them where the user wrote the value; [`Config::validate`] (and so
+/// [`FqCodel::try_new`]) checks them again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Flow queues (hash buckets), `1..=65536`. Default 1024.
+    /// Flow queues (hash buckets), [`MIN_FLOWS`]`..=`[`MAX_FLOWS`]. Default
+    /// 1024.
     pub flows: usize,
-    /// Most packets queued in total. Default 10240.
+    /// Most packets queued in total, [`MIN_LIMIT`]`..=`[`MAX_LIMIT`].
+    /// Default 10240.
     pub limit: usize,
-    /// Most bytes (as counted by [`Packet::len`]) queued in total. Default
-    /// 32 MiB.
+    /// Most bytes (as counted by [`Packet::len`]) queued in total,
+    /// [`MIN_MEMORY_LIMIT`]`..=`[`MAX_MEMORY_LIMIT`]. Default 32 MiB.
     pub memory_limit: usize,
-    /// DRR quantum in bytes, ≥ 1: MTU + 14 (Ethernet header). Default 1514.
-    /// Also CoDel's MAXPACKET: with no more than this many bytes queued
-    /// (across all flows, as Linux), CoDel never drops.
+    /// DRR quantum in bytes, [`MIN_QUANTUM`]`..=`[`MAX_QUANTUM`]: MTU + 14
+    /// (Ethernet header). Default 1514. Also CoDel's MAXPACKET: with no more
+    /// than this many bytes queued (across all flows, as Linux), CoDel never
+    /// drops.
     pub quantum: usize,
-    /// CoDel target (acceptable standing delay). Default 5 ms.
+    /// CoDel target (acceptable standing delay), any value. Default 5 ms.
     pub target_ns: u64,
-    /// CoDel interval, > 0. Default 100 ms.
+    /// CoDel interval, at least [`MIN_INTERVAL_NS`]. Default 100 ms.
     pub interval_ns: u64,
     /// Mark ECN-capable packets CE instead of dropping them. Default on.
     pub ecn: bool,
@@ -76,66 +118,55 @@ impl Default for Config {
     }
 }
 
-/// A [`Config`] field out of range.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A [`Config`] field out of range: which one, the value given, and the
+/// range it must lie in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// `flows` is 0 or above [`MAX_FLOWS`].
+    /// `flows` is outside [`MIN_FLOWS`]`..=`[`MAX_FLOWS`].
+    #[error("fq-codel: flows = {0}; use {min} to {max}", min = MIN_FLOWS, max = MAX_FLOWS)]
     Flows(usize),
-    /// `limit` is 0.
-    Limit,
-    /// `memory_limit` is 0.
-    MemoryLimit,
-    /// `quantum` is 0 or does not fit an `i64`.
+    /// `limit` is outside [`MIN_LIMIT`]`..=`[`MAX_LIMIT`].
+    #[error("fq-codel: limit = {0} packets; use {min} to {max}", min = MIN_LIMIT, max = MAX_LIMIT)]
+    Limit(usize),
+    /// `memory_limit` is outside [`MIN_MEMORY_LIMIT`]`..=`[`MAX_MEMORY_LIMIT`].
+    #[error(
+        "fq-codel: memory_limit = {0} bytes; use {min} to {max}",
+        min = MIN_MEMORY_LIMIT,
+        max = MAX_MEMORY_LIMIT
+    )]
+    MemoryLimit(usize),
+    /// `quantum` is outside [`MIN_QUANTUM`]`..=`[`MAX_QUANTUM`].
+    #[error(
+        "fq-codel: quantum = {0} bytes; use {min} to {max} (MTU + 14, default 1514)",
+        min = MIN_QUANTUM,
+        max = MAX_QUANTUM
+    )]
     Quantum(usize),
-    /// `interval_ns` is 0.
-    Interval,
+    /// `interval_ns` is below [`MIN_INTERVAL_NS`] (it is 0).
+    #[error(
+        "fq-codel: interval_ns = {0}; use at least {min} (default 100 ms)",
+        min = MIN_INTERVAL_NS
+    )]
+    Interval(u64),
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Flows(n) => {
-                write!(f, "fq-codel: flows = {n}; use 1 to {MAX_FLOWS}")
-            }
-            ConfigError::Limit => write!(f, "fq-codel: limit = 0; use at least 1 packet"),
-            ConfigError::MemoryLimit => {
-                write!(f, "fq-codel: memory_limit = 0; use at least 1 byte")
-            }
-            ConfigError::Quantum(n) => {
-                write!(
-                    f,
-                    "fq-codel: quantum = {n}; use MTU + 14 bytes (default 1514)"
-                )
-            }
-            ConfigError::Interval => {
-                write!(
-                    f,
-                    "fq-codel: interval = 0; use a positive time (default 100 ms)"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Check every field is in range.
+    /// Check every field is in range; the error names the first that is not.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.flows == 0 || self.flows > MAX_FLOWS {
+        if !(MIN_FLOWS..=MAX_FLOWS).contains(&self.flows) {
             return Err(ConfigError::Flows(self.flows));
         }
-        if self.limit == 0 {
-            return Err(ConfigError::Limit);
+        if !(MIN_LIMIT..=MAX_LIMIT).contains(&self.limit) {
+            return Err(ConfigError::Limit(self.limit));
         }
-        if self.memory_limit == 0 {
-            return Err(ConfigError::MemoryLimit);
+        if !(MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT).contains(&self.memory_limit) {
+            return Err(ConfigError::MemoryLimit(self.memory_limit));
         }
-        if self.quantum == 0 || i64::try_from(self.quantum).is_err() {
+        if !(MIN_QUANTUM..=MAX_QUANTUM).contains(&self.quantum) {
             return Err(ConfigError::Quantum(self.quantum));
         }
-        if self.interval_ns == 0 {
-            return Err(ConfigError::Interval);
+        if self.interval_ns < MIN_INTERVAL_NS {
+            return Err(ConfigError::Interval(self.interval_ns));
         }
         Ok(())
     }
@@ -279,20 +310,8 @@ pub struct FqCodel<P> {
 }
 
 impl<P: Packet> FqCodel<P> {
-    /// A queue with `cfg`'s parameters and its flow table allocated.
-    ///
-    /// # Panics
-    ///
-    /// If `cfg` is out of range ([`Config::validate`]); use
-    /// [`FqCodel::try_new`] to get the error instead.
-    pub fn new(cfg: Config) -> Self {
-        match Self::try_new(cfg) {
-            Ok(q) => q,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// A queue with `cfg`'s parameters, or why they are out of range.
+    /// A queue with `cfg`'s parameters and its flow table allocated, or which
+    /// parameter is out of range ([`Config::validate`]).
     pub fn try_new(cfg: Config) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(FqCodel {
@@ -309,6 +328,20 @@ impl<P: Packet> FqCodel<P> {
             backlog: Backlog::default(),
             counters: Counters::default(),
         })
+    }
+
+    /// [`FqCodel::try_new`] for a configuration known to be valid: tests and
+    /// examples with constant parameters. A configuration built from user
+    /// input goes through `try_new`, so that a bad value is reported, not
+    /// fatal.
+    ///
+    /// # Panics
+    ///
+    /// If `cfg` is out of range ([`Config::validate`]), with the
+    /// [`ConfigError`] as the message.
+    #[track_caller]
+    pub fn new(cfg: Config) -> Self {
+        Self::try_new(cfg).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The parameters this queue was built with.
@@ -351,6 +384,7 @@ impl<P: Packet> FqCodel<P> {
         self.backlog.bytes += len;
         if flow.list == FlowList::None {
             flow.list = FlowList::New;
+            // quantum <= MAX_QUANTUM fits an i64.
             flow.deficit = self.cfg.quantum as i64;
             // `idx < flows <= MAX_FLOWS`, which fits a u32.
             self.new_flows.push_back(idx as u32);
@@ -411,6 +445,7 @@ impl<P: Packet> FqCodel<P> {
     /// in [`Stats::codel_drops`]. A packet CoDel marks CE instead is returned
     /// (and counted in [`Stats::ecn_marks`]).
     pub fn dequeue(&mut self, now_ns: u64, dropped: &mut Vec<P>) -> Option<P> {
+        // quantum <= MAX_QUANTUM fits an i64.
         let quantum = self.cfg.quantum as i64;
         loop {
             let (idx, from_new) = match (self.new_flows.front(), self.old_flows.front()) {
@@ -541,23 +576,138 @@ mod tests {
         f
     }
 
+    /// `Config::default()` with one field changed by `f`.
+    fn with(f: impl FnOnce(&mut Config)) -> Config {
+        let mut c = Config::default();
+        f(&mut c);
+        c
+    }
+
+    /// `cfg` is refused with `want`, by `validate` and `try_new`, and the
+    /// message names the field, the value and the range (`words`).
+    fn refused(cfg: Config, want: ConfigError, words: &[&str]) {
+        assert_eq!(cfg.validate(), Err(want.clone()));
+        let e = FqCodel::<Vec<u8>>::try_new(cfg).unwrap_err();
+        assert_eq!(e, want);
+        let msg = e.to_string();
+        for w in words {
+            assert!(msg.contains(w), "{msg:?} lacks {w:?}");
+        }
+    }
+
     #[test]
-    fn config_validation_names_the_field() {
-        let bad = Config {
-            flows: 0,
-            ..Config::default()
-        };
-        assert_eq!(bad.validate(), Err(ConfigError::Flows(0)));
-        assert!(FqCodel::<Vec<u8>>::try_new(bad)
-            .unwrap_err()
-            .to_string()
-            .contains("flows = 0"));
-        let bad = Config {
-            interval_ns: 0,
-            ..Config::default()
-        };
-        assert_eq!(bad.validate(), Err(ConfigError::Interval));
-        assert_eq!(Config::default().validate(), Ok(()));
+    fn flows_out_of_range() {
+        refused(
+            with(|c| c.flows = 0),
+            ConfigError::Flows(0),
+            &["flows = 0", "use 1 to 65536"],
+        );
+        refused(
+            with(|c| c.flows = MAX_FLOWS + 1),
+            ConfigError::Flows(65_537),
+            &["flows = 65537", "use 1 to 65536"],
+        );
+    }
+
+    #[test]
+    fn limit_out_of_range() {
+        refused(
+            with(|c| c.limit = 0),
+            ConfigError::Limit(0),
+            &["limit = 0 packets", "use 1 to 1048576"],
+        );
+        refused(
+            with(|c| c.limit = MAX_LIMIT + 1),
+            ConfigError::Limit(MAX_LIMIT + 1),
+            &["limit = 1048577 packets"],
+        );
+    }
+
+    #[test]
+    fn memory_limit_out_of_range() {
+        refused(
+            with(|c| c.memory_limit = 0),
+            ConfigError::MemoryLimit(0),
+            &[
+                "memory_limit = 0 bytes",
+                &format!("use 1 to {MAX_MEMORY_LIMIT}"),
+            ],
+        );
+        refused(
+            with(|c| c.memory_limit = MAX_MEMORY_LIMIT + 1),
+            ConfigError::MemoryLimit(MAX_MEMORY_LIMIT + 1),
+            &[&format!("memory_limit = {} bytes", MAX_MEMORY_LIMIT + 1)],
+        );
+    }
+
+    #[test]
+    fn quantum_out_of_range() {
+        refused(
+            with(|c| c.quantum = 0),
+            ConfigError::Quantum(0),
+            &["quantum = 0 bytes", "use 1 to 1048576"],
+        );
+        refused(
+            with(|c| c.quantum = usize::MAX),
+            ConfigError::Quantum(usize::MAX),
+            &[&format!("quantum = {} bytes", usize::MAX)],
+        );
+    }
+
+    #[test]
+    fn interval_out_of_range() {
+        refused(
+            with(|c| c.interval_ns = 0),
+            ConfigError::Interval(0),
+            &["interval_ns = 0", "use at least 1"],
+        );
+    }
+
+    #[test]
+    fn range_ends_are_accepted() {
+        let ends = [
+            with(|c| c.flows = MIN_FLOWS),
+            with(|c| c.flows = MAX_FLOWS),
+            with(|c| c.limit = MIN_LIMIT),
+            with(|c| c.limit = MAX_LIMIT),
+            with(|c| c.memory_limit = MIN_MEMORY_LIMIT),
+            with(|c| c.memory_limit = MAX_MEMORY_LIMIT),
+            with(|c| c.quantum = MIN_QUANTUM),
+            with(|c| c.quantum = MAX_QUANTUM),
+            with(|c| c.interval_ns = MIN_INTERVAL_NS),
+            with(|c| c.interval_ns = u64::MAX),
+            with(|c| c.target_ns = 0),
+            Config::default(),
+        ];
+        for cfg in ends {
+            assert_eq!(cfg.validate(), Ok(()), "{cfg:?}");
+            assert!(FqCodel::<Vec<u8>>::try_new(cfg).is_ok(), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn first_bad_field_is_reported() {
+        let cfg = with(|c| {
+            c.limit = 0;
+            c.interval_ns = 0;
+        });
+        assert_eq!(cfg.validate(), Err(ConfigError::Limit(0)));
+    }
+
+    #[test]
+    fn config_error_is_a_std_error() {
+        fn boxed(e: ConfigError) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            Box::new(e)
+        }
+        let e = boxed(ConfigError::Flows(0));
+        assert!(e.source().is_none());
+        assert_eq!(e.to_string(), "fq-codel: flows = 0; use 1 to 65536");
+    }
+
+    #[test]
+    #[should_panic(expected = "fq-codel: flows = 0; use 1 to 65536")]
+    fn new_panics_with_the_error() {
+        let _ = FqCodel::<Vec<u8>>::new(with(|c| c.flows = 0));
     }
 
     #[test]

@@ -37,13 +37,20 @@
 //! ```
 //! use fq_codel::{Config, FqCodel};
 //!
-//! let mut q: FqCodel<Vec<u8>> = FqCodel::new(Config::default());
+//! let mut q: FqCodel<Vec<u8>> = FqCodel::try_new(Config::default())?;
 //! let mut dropped = Vec::new();
 //! q.enqueue(vec![0u8; 60], 0, &mut dropped);
-//! let pkt = q.dequeue(1_000, &mut dropped).unwrap();
-//! assert_eq!(pkt.len(), 60);
+//! let pkt = q.dequeue(1_000, &mut dropped);
+//! assert_eq!(pkt.map(|p| p.len()), Some(60));
 //! assert!(dropped.is_empty() && q.is_empty());
+//! # Ok::<(), fq_codel::ConfigError>(())
 //! ```
+//!
+//! Parameters are checked once, by [`FqCodel::try_new`] (or
+//! [`Config::validate`]); the error names the field, the value and its range,
+//! and the ranges are public constants ([`MAX_FLOWS`], [`MIN_LIMIT`] ...)
+//! for a configuration parser to check against where the user wrote them.
+//! [`FqCodel::new`] panics instead, for tests with constant parameters.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -53,7 +60,10 @@ pub mod ecn;
 mod fq;
 
 pub use classify::FlowKey;
-pub use fq::{Config, ConfigError, FqCodel, Stats, MAX_FLOWS, OVERLIMIT_DROP_BATCH};
+pub use fq::{
+    Config, ConfigError, FqCodel, Stats, MAX_FLOWS, MAX_LIMIT, MAX_MEMORY_LIMIT, MAX_QUANTUM,
+    MIN_FLOWS, MIN_INTERVAL_NS, MIN_LIMIT, MIN_MEMORY_LIMIT, MIN_QUANTUM, OVERLIMIT_DROP_BATCH,
+};
 
 /// A queued packet: an Ethernet frame plus whatever the owner keeps with it.
 ///
