@@ -1,31 +1,34 @@
 //! [`Driver`]: the handshake, the guest memory layout, and the net-level API.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::mem::{offset_of, size_of, size_of_val};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserU64, VhostUserVringState,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_net::{virtio_net_config, virtio_net_hdr_v1};
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap,
+    ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap,
 };
 
 use crate::features::*;
 use crate::vring::{align_up, ring_bytes, UsedElem, Vring, DESC_SIZE};
-use crate::{DriverConfig, Error, RawDesc, RxFrame};
+use crate::{DriverConfig, Error, RawDesc, RxFrame, NET_HDR_LEN};
 
-/// vhost-user request code of SET_VRING_ENABLE.
-const VHOST_USER_SET_VRING_ENABLE: u32 = 18;
-/// Header flags: version 1, reply, need-reply.
+/// The version field of a vhost-user header (the [`VhostUserHeaderFlag::VERSION`]
+/// bits of `flags`): the protocol has only version 1.
 const HDR_VERSION_1: u32 = 0x1;
-const HDR_REPLY: u32 = 0x4;
-const HDR_NEED_REPLY: u32 = 0x8;
-/// Bytes of `virtio_net_hdr_v1`.
-const NET_HDR_LEN: usize = 12;
+/// Where `num_buffers` sits in the `virtio_net_hdr_v1` the device writes.
+const NUM_BUFFERS_OFFSET: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
+/// Largest queue size of a split virtqueue (virtio 1.2 §2.7).
+const MAX_QUEUE_SIZE: u16 = 32768;
 /// Smallest buffer slot we accept: an MTU-sized frame plus header.
 const MIN_SLOT: u64 = 2048;
 /// First guest physical address we use (page 0 stays unused, so a zero
@@ -121,9 +124,9 @@ impl Driver {
         if cfg.queue_pairs == 0 {
             return Err(Error::Config("queue_pairs must be at least 1".into()));
         }
-        if !cfg.queue_size.is_power_of_two() || cfg.queue_size > 32768 {
+        if !cfg.queue_size.is_power_of_two() || cfg.queue_size > MAX_QUEUE_SIZE {
             return Err(Error::Config(format!(
-                "queue_size {} is not a power of two up to 32768",
+                "queue_size {} is not a power of two up to {MAX_QUEUE_SIZE}",
                 cfg.queue_size
             )));
         }
@@ -326,17 +329,23 @@ impl Driver {
     /// and reads its reply before returning, and `&mut self` keeps us on one
     /// thread, so nothing else is in flight on the socket here.
     fn raw_set_vring_enable(&mut self, index: u32, enable: bool) -> Result<(), Error> {
-        let req = VHOST_USER_SET_VRING_ENABLE;
+        let req = u32::from(FrontendReq::SET_VRING_ENABLE);
         let need_reply = self
             .protocol_acked
             .contains(VhostUserProtocolFeatures::REPLY_ACK);
-        let flags = HDR_VERSION_1 | if need_reply { HDR_NEED_REPLY } else { 0 };
-        let mut m = [0u8; 20];
-        m[0..4].copy_from_slice(&req.to_le_bytes());
-        m[4..8].copy_from_slice(&flags.to_le_bytes());
-        m[8..12].copy_from_slice(&8u32.to_le_bytes());
-        m[12..16].copy_from_slice(&index.to_le_bytes());
-        m[16..20].copy_from_slice(&u32::from(enable).to_le_bytes());
+        let flags = HDR_VERSION_1
+            | if need_reply {
+                VhostUserHeaderFlag::NEED_REPLY.bits()
+            } else {
+                0
+            };
+        // Header (request, flags, payload size), then the payload; vhost-user
+        // numbers are in the host's byte order. One write, as the Frontend's.
+        let body = VhostUserVringState::new(index, u32::from(enable));
+        let hdr: [u32; 3] = [req, flags, size_of_val(&body) as u32];
+        let mut m: Vec<u8> = Vec::with_capacity(size_of_val(&hdr) + size_of_val(&body));
+        m.extend_from_slice(ByteValued::as_slice(&hdr));
+        m.extend_from_slice(body.as_slice());
         let io = |source| Error::RawMessage {
             request: req,
             source,
@@ -345,21 +354,22 @@ impl Driver {
         if !need_reply {
             return Ok(());
         }
-        let mut r = [0u8; 20];
-        self.sock.read_exact(&mut r).map_err(io)?;
-        let word = |o: usize| u32::from_le_bytes(r[o..o + 4].try_into().expect("4 bytes"));
-        let (rreq, rflags, rsize) = (word(0), word(4), word(8));
-        if rreq != req || rflags & 0x3 != HDR_VERSION_1 || rflags & HDR_REPLY == 0 || rsize != 8 {
+        let [rreq, rflags, rsize] = <[u32; 3]>::read_exact_from(&mut self.sock).map_err(io)?;
+        let ack = VhostUserU64::read_exact_from(&mut self.sock).map_err(io)?;
+        if rreq != req
+            || rflags & VhostUserHeaderFlag::VERSION.bits() != HDR_VERSION_1
+            || rflags & VhostUserHeaderFlag::REPLY.bits() == 0
+            || rsize as usize != size_of::<VhostUserU64>()
+        {
             return Err(Error::BadReply {
                 request: req,
                 why: format!("header request {rreq}, flags {rflags:#x}, size {rsize}"),
             });
         }
-        let value = u64::from_le_bytes(r[12..20].try_into().expect("8 bytes"));
-        if value != 0 {
+        if ack.value != 0 {
             return Err(Error::BackendNack {
                 request: req,
-                value,
+                value: ack.value,
             });
         }
         Ok(())
@@ -380,23 +390,29 @@ impl Driver {
         self.protocol_acked.bits()
     }
 
-    /// The config space length QEMU would ask for, from the offered features.
+    /// The config space length QEMU would ask for, from the offered features:
+    /// `virtio_net_config` up to the end of the last field they define.
     fn config_len(&self) -> u32 {
+        /// Bytes of `virtio_net_config` up to the end of `$field`.
+        macro_rules! through {
+            ($field:ident) => {{
+                let c = virtio_net_config::default();
+                // `{ .. }` copies the field: the struct is packed.
+                (offset_of!(virtio_net_config, $field) + size_of_val(&{ c.$field })) as u32
+            }};
+        }
         let has = |b| self.offered & bit(b) != 0;
-        let mut len = 6; // mac
-        if has(VIRTIO_NET_F_STATUS) {
-            len = 8;
-        }
-        if has(VIRTIO_NET_F_MQ) {
-            len = 10;
-        }
-        if has(VIRTIO_NET_F_MTU) {
-            len = 12;
-        }
         if has(VIRTIO_NET_F_SPEED_DUPLEX) {
-            len = 17;
+            through!(duplex)
+        } else if has(VIRTIO_NET_F_MTU) {
+            through!(mtu)
+        } else if has(VIRTIO_NET_F_MQ) {
+            through!(max_virtqueue_pairs)
+        } else if has(VIRTIO_NET_F_STATUS) {
+            through!(status)
+        } else {
+            through!(mac)
         }
-        len
     }
 
     /// GET_CONFIG for the config space (mac at 0..6, status at 6..8,
@@ -496,7 +512,7 @@ impl Driver {
             mem.read_slice(&mut hdr, buf)
                 .expect("rx buffer lies in guest memory");
             let mut nbuf = if mrg {
-                u16::from_le_bytes([hdr[10], hdr[11]])
+                u16::from_le_bytes([hdr[NUM_BUFFERS_OFFSET], hdr[NUM_BUFFERS_OFFSET + 1]])
             } else {
                 1
             };
@@ -578,7 +594,12 @@ impl Driver {
 
     /// Posts one TX chain: `hdr` in its own descriptor, then `frame`, and
     /// kicks if the device wants it. Err(QueueFull) if no descriptors are free.
-    pub fn send(&mut self, pair: usize, hdr: &[u8; 12], frame: &[u8]) -> Result<(), Error> {
+    pub fn send(
+        &mut self,
+        pair: usize,
+        hdr: &[u8; NET_HDR_LEN],
+        frame: &[u8],
+    ) -> Result<(), Error> {
         self.send_chain(pair, hdr, &[frame], false)
     }
 
@@ -588,7 +609,7 @@ impl Driver {
     pub fn send_chain(
         &mut self,
         pair: usize,
-        hdr: &[u8; 12],
+        hdr: &[u8; NET_HDR_LEN],
         segments: &[&[u8]],
         indirect: bool,
     ) -> Result<(), Error> {

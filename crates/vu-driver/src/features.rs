@@ -1,7 +1,10 @@
 //! Feature bit numbers (not masks), as in the virtio spec and Linux headers.
 //!
-//! Re-exported from `virtio-bindings` where it has them; turn a bit number into
-//! a mask with [`bit`]: `acked & bit(VIRTIO_NET_F_MRG_RXBUF) != 0`.
+//! Re-exported from `virtio-bindings`, and vhost-user's own bit from the vhost
+//! crate; turn a bit number into a mask with [`bit`]:
+//! `acked & bit(VIRTIO_NET_F_MRG_RXBUF) != 0`.
+
+use vhost::vhost_user::VhostUserVirtioFeatures;
 
 pub use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 pub use virtio_bindings::virtio_net::{
@@ -16,8 +19,12 @@ pub use virtio_bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 
-/// vhost-user's own feature bit in the virtio feature word (`VHOST_USER_F_PROTOCOL_FEATURES`).
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+/// vhost-user's own feature bit in the virtio feature word
+/// (`VHOST_USER_F_PROTOCOL_FEATURES`, bit 30): the vhost crate's
+/// `VhostUserVirtioFeatures::PROTOCOL_FEATURES` mask, as a bit number.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = VhostUserVirtioFeatures::PROTOCOL_FEATURES
+    .bits()
+    .trailing_zeros();
 
 /// The mask for feature bit `n`.
 pub const fn bit(n: u32) -> u64 {

@@ -7,7 +7,10 @@
 //! and reaps used rings, woken by the call eventfds.
 //!
 //! ## Design
-//! - [`features`]: feature bit numbers and the sets we ack.
+//! - [`features`]: feature bit numbers and the sets we ack. Spec numbers and
+//!   layouts come from `virtio-bindings` (feature bits, descriptor flags,
+//!   `vring_*` and `virtio_net_hdr_v1` layouts) and the vhost crate (request
+//!   codes, header flags, vhost-user feature bits), not from literals.
 //! - `vring`: the driver side of one split virtqueue (descriptor free pool,
 //!   avail publishing with the EVENT_IDX kick decision, used reaping). All ring
 //!   accesses go through vm-memory with explicit orderings; each barrier names
@@ -29,6 +32,8 @@ pub mod features;
 mod vring;
 
 use std::path::PathBuf;
+
+use virtio_bindings::virtio_net::virtio_net_hdr_v1;
 
 pub use driver::{Driver, VringLayout};
 pub use vring::UsedElem;
@@ -70,11 +75,16 @@ impl Default for DriverConfig {
     }
 }
 
+/// Bytes of the `virtio_net_hdr_v1` in front of every frame (12): the driver
+/// acks VERSION_1, so the header has `num_buffers` whether or not MRG_RXBUF
+/// is negotiated.
+pub const NET_HDR_LEN: usize = std::mem::size_of::<virtio_net_hdr_v1>();
+
 /// One frame received on an RX queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RxFrame {
     /// The 12-byte `virtio_net_hdr_v1` as the device wrote it.
-    pub hdr: [u8; 12],
+    pub hdr: [u8; NET_HDR_LEN],
     /// The Ethernet frame (all buffers of a mergeable frame, concatenated).
     pub data: Vec<u8>,
     /// Used entries that made up this frame (1 unless MRG_RXBUF).

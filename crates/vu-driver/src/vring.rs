@@ -11,8 +11,12 @@
 //! into its head's slot, so a chain needs only one slot however many
 //! descriptors it has.
 
+use std::mem::{offset_of, size_of};
 use std::sync::atomic::{fence, Ordering};
 
+use virtio_bindings::virtio_ring::{
+    __virtio16, vring_avail, vring_desc, vring_used, vring_used_elem,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,14 +24,39 @@ use crate::features::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use crate::RawDesc;
 
 /// Bytes of one descriptor-table entry.
-pub(crate) const DESC_SIZE: u64 = 16;
+pub(crate) const DESC_SIZE: u64 = size_of::<vring_desc>() as u64;
+/// Bytes of one avail ring entry (a descriptor head index).
+const AVAIL_ELEM_SIZE: u64 = size_of::<__virtio16>() as u64;
+/// Bytes of one used ring entry.
+const USED_ELEM_SIZE: u64 = size_of::<vring_used_elem>() as u64;
+/// Bytes of the event word after each ring (`used_event` after the avail
+/// ring, `avail_event` after the used ring), used with EVENT_IDX.
+const EVENT_SIZE: u64 = size_of::<__virtio16>() as u64;
+/// Where the avail ring's fields sit from its start.
+const AVAIL_IDX: u64 = offset_of!(vring_avail, idx) as u64;
+const AVAIL_RING: u64 = offset_of!(vring_avail, ring) as u64;
+/// Where the used ring's fields sit from its start.
+const USED_IDX: u64 = offset_of!(vring_used, idx) as u64;
+const USED_RING: u64 = offset_of!(vring_used, ring) as u64;
+/// We align the descriptor table + avail ring, and the used ring, to a page
+/// (as the legacy layout does); virtio 1.x asks for less (16 and 4 bytes).
+const RING_ALIGN: u64 = 4096;
+
+/// Bytes of the avail ring of a queue of `n` entries, `used_event` included.
+fn avail_bytes(n: u64) -> u64 {
+    AVAIL_RING + AVAIL_ELEM_SIZE * n + EVENT_SIZE
+}
+
+/// Bytes of the used ring of a queue of `n` entries, `avail_event` included.
+fn used_bytes(n: u64) -> u64 {
+    USED_RING + USED_ELEM_SIZE * n + EVENT_SIZE
+}
 
 /// Size in bytes of the ring area for a queue of `n` entries (4 KiB aligned parts).
 pub(crate) fn ring_bytes(n: u16) -> u64 {
     let n = u64::from(n);
-    let desc_avail = DESC_SIZE * n + 6 + 2 * n;
-    let used = 6 + 8 * n;
-    align_up(desc_avail, 4096) + align_up(used, 4096)
+    let desc_avail = DESC_SIZE * n + avail_bytes(n);
+    align_up(desc_avail, RING_ALIGN) + align_up(used_bytes(n), RING_ALIGN)
 }
 
 pub(crate) fn align_up(v: u64, a: u64) -> u64 {
@@ -94,7 +123,7 @@ impl Vring {
     ) -> std::io::Result<Self> {
         let n = u64::from(size);
         let avail = base.0 + DESC_SIZE * n;
-        let used = align_up(avail + 6 + 2 * n, 4096);
+        let used = align_up(avail + avail_bytes(n), RING_ALIGN);
         Ok(Vring {
             size,
             desc: base,
@@ -132,12 +161,14 @@ impl Vring {
         GuestAddress(self.data.0 + u64::from(d) * self.slot_size)
     }
 
+    /// `used_event`: the word after the avail ring's entries.
     fn used_event_addr(&self) -> GuestAddress {
-        GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size))
+        GuestAddress(self.avail.0 + AVAIL_RING + AVAIL_ELEM_SIZE * u64::from(self.size))
     }
 
+    /// `avail_event`: the word after the used ring's entries.
     fn avail_event_addr(&self) -> GuestAddress {
-        GuestAddress(self.used.0 + 4 + 8 * u64::from(self.size))
+        GuestAddress(self.used.0 + USED_RING + USED_ELEM_SIZE * u64::from(self.size))
     }
 
     pub fn write_desc(&self, mem: &GuestMemoryMmap, index: u16, d: &RawDesc) {
@@ -228,7 +259,7 @@ impl Vring {
     /// Puts `head` in the next avail slot; the device sees it after `publish`.
     pub fn push_avail(&mut self, mem: &GuestMemoryMmap, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
-        let a = GuestAddress(self.avail.0 + 4 + 2 * slot);
+        let a = GuestAddress(self.avail.0 + AVAIL_RING + AVAIL_ELEM_SIZE * slot);
         mem.write_obj(head.to_le(), a)
             .expect("avail ring lies in guest memory");
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -248,7 +279,7 @@ impl Vring {
         // Pairs with the device's Acquire load of avail.idx.
         mem.store(
             new.to_le(),
-            GuestAddress(self.avail.0 + 2),
+            GuestAddress(self.avail.0 + AVAIL_IDX),
             Ordering::Release,
         )
         .expect("avail ring lies in guest memory");
@@ -276,7 +307,7 @@ impl Vring {
     /// used.idx after it wrote the used elements we are about to read.
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         let v: u16 = mem
-            .load(GuestAddress(self.used.0 + 2), Ordering::Acquire)
+            .load(GuestAddress(self.used.0 + USED_IDX), Ordering::Acquire)
             .expect("used ring lies in guest memory");
         u16::from_le(v)
     }
@@ -289,12 +320,12 @@ impl Vring {
     /// The used element `off` places past `last_used` (callers check `pending`).
     pub fn peek_used(&self, mem: &GuestMemoryMmap, off: u16) -> UsedElem {
         let slot = u64::from(self.last_used.wrapping_add(off) % self.size);
-        let a = self.used.0 + 4 + 8 * slot;
+        let a = self.used.0 + USED_RING + USED_ELEM_SIZE * slot;
         let id: u32 = mem
-            .read_obj(GuestAddress(a))
+            .read_obj(GuestAddress(a + offset_of!(vring_used_elem, id) as u64))
             .expect("used ring lies in guest memory");
         let len: u32 = mem
-            .read_obj(GuestAddress(a + 4))
+            .read_obj(GuestAddress(a + offset_of!(vring_used_elem, len) as u64))
             .expect("used ring lies in guest memory");
         UsedElem {
             id: u32::from_le(id),
@@ -349,12 +380,16 @@ impl Vring {
     }
 }
 
+/// Writes `d` as a `vring_desc` (little-endian fields) at `a`, in one write.
 fn write_desc_at(mem: &GuestMemoryMmap, a: GuestAddress, d: &RawDesc) {
-    let mut b = [0u8; 16];
-    b[0..8].copy_from_slice(&d.addr.to_le_bytes());
-    b[8..12].copy_from_slice(&d.len.to_le_bytes());
-    b[12..14].copy_from_slice(&d.flags.to_le_bytes());
-    b[14..16].copy_from_slice(&d.next.to_le_bytes());
+    let mut b = [0u8; size_of::<vring_desc>()];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        b[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(offset_of!(vring_desc, addr), &d.addr.to_le_bytes());
+    put(offset_of!(vring_desc, len), &d.len.to_le_bytes());
+    put(offset_of!(vring_desc, flags), &d.flags.to_le_bytes());
+    put(offset_of!(vring_desc, next), &d.next.to_le_bytes());
     mem.write_slice(&b, a)
         .expect("descriptor table lies in guest memory");
 }
@@ -373,6 +408,18 @@ mod tests {
         // Wrap-around.
         assert!(need_event(65535, 0, 65535));
         assert!(need_event(65534, 2, 65530));
+    }
+
+    #[test]
+    fn layout_matches_the_spec() {
+        // virtio 1.2 §2.7: 16-byte descriptors; avail = flags, idx, ring[n],
+        // used_event; used = flags, idx, ring[n] of (id, len), avail_event.
+        assert_eq!(DESC_SIZE, 16);
+        assert_eq!(
+            (AVAIL_IDX, AVAIL_RING, avail_bytes(256)),
+            (2, 4, 6 + 2 * 256)
+        );
+        assert_eq!((USED_IDX, USED_RING, used_bytes(256)), (2, 4, 6 + 8 * 256));
     }
 
     #[test]
