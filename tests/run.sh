@@ -2,20 +2,36 @@
 # The whole test suite, from a fresh Debian 12 machine (as root):
 #   1. installs the test peers (QEMU 10, DPDK, trafgen, ...) if missing,
 #   2. builds the test guest from Debian packages (cached),
-#   3. runs every crate's tests, the end-to-end tests with real QEMU guests
-#      and DPDK/trafgen peers, and the loom models of the ring.
+#   3. runs every crate's tests — the pure ones and those marked
+#      #[ignore = "needs root ..."] (real TAPs, QEMU guests, DPDK/trafgen
+#      peers) — and the loom models of the ring.
+# Plain `cargo test` (no root needed) runs only the pure tests; see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+step="starting"
+trap 'echo "run.sh: failed while $step (exit $?)" >&2' ERR
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "run.sh: the whole suite needs root (TAP devices, QEMU, DPDK); plain 'cargo test' runs the pure tests" >&2
+    exit 1
+fi
+
+step="setting up the host (tests/setup-host.sh)"
 bash tests/setup-host.sh
+step="building the test guest (vm-images/build.sh)"
 bash vm-images/build.sh
 
 # One release build serves the unit, integration, stress and e2e tests
 # (the stress test moves 10^7 items; the e2e tests use the daemon binary).
+step="building the workspace (cargo build --release)"
 cargo build --release --workspace --bins
-cargo test --release --workspace -- --test-threads=2
+step="running the tests (cargo test --release -- --include-ignored)"
+cargo test --release --workspace -- --include-ignored --test-threads=2
 
 # The loom models of the ptr-ring stop/wake protocol, in their own target
 # directory (cfg(loom) changes every atomic in the crate).
+step="running the loom models (cargo test -p ptr-ring --test loom, cfg(loom))"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p ptr-ring --test loom
+echo "run.sh: all tests passed"

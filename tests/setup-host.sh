@@ -2,32 +2,60 @@
 # Install what the test suite and the benchmarks need on a Debian 12 host:
 # QEMU 10 from bookworm-backports, DPDK (testpmd), netsniff-ng (trafgen),
 # iproute2, and the packages vm-images/build.sh uses. Idempotent: does nothing
-# when everything is present. Needs root.
+# when everything is present. Needs root to install.
+#
+# Says in one line what it does; on failure, which step failed and why.
+# Reads apt's sources in either format (classic sources.list, deb822
+# *.sources, or both) through tests/apt-sources.sh.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/apt-sources.sh
+. "$here/apt-sources.sh"
+ETC_APT=${ETC_APT:-/etc/apt}
 
-need=()
+step="checking what is installed"
+trap 'echo "setup-host: failed while $step (exit $?)" >&2' ERR
+
+need=()    # packages to install
+missing=() # what is missing, for the message
 have() { command -v "$1" >/dev/null 2>&1; }
-qemu_ok() {
-    have qemu-system-x86_64 || return 1
-    local v
-    v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p')
-    [ "${v:-0}" -ge 10 ]
+qemu_version() {
+    have qemu-system-x86_64 || return 0
+    qemu-system-x86_64 --version | sed -n 's/.*version \([0-9][0-9.]*\).*/\1/p' | head -1
 }
-
-qemu_ok || need+=(qemu-system-x86)
-have dpdk-testpmd || need+=(dpdk dpdk-dev)
-have trafgen || need+=(netsniff-ng)
-have ip || need+=(iproute2)
-have ethtool || need+=(ethtool)
-have iperf3 || need+=(iperf3)
-have ping || need+=(iputils-ping)
-have cpio || need+=(cpio)
-[ -x /bin/busybox ] || need+=(busybox-static)
+qv=$(qemu_version)
+if [ "${qv%%.*}" -ge 10 ] 2>/dev/null; then
+    :
+else
+    need+=(qemu-system-x86)
+    missing+=("qemu-system-x86_64 >= 10 (have ${qv:-none})")
+fi
+check() { # COMMAND-OR-PATH PACKAGE...
+    local what=$1
+    shift
+    if [ "${what#/}" != "$what" ]; then [ -x "$what" ] && return 0; else have "$what" && return 0; fi
+    need+=("$@")
+    missing+=("$what")
+}
+check dpdk-testpmd dpdk dpdk-dev
+check trafgen netsniff-ng
+check ip iproute2
+check ethtool ethtool
+check iperf3 iperf3
+check ping iputils-ping
+check cpio cpio
+check /bin/busybox busybox-static
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "setup-host: all packages present"
+    echo "setup-host: all packages present (qemu-system-x86_64 $qv, dpdk-testpmd, trafgen, ip, ethtool, iperf3, ping, cpio, busybox)"
     exit 0
 fi
+
+plan=()
+for p in "${need[@]}"; do
+    if [ "$p" = qemu-system-x86 ]; then plan+=("qemu-system-x86 (10.x from bookworm-backports)"); else plan+=("$p"); fi
+done
+echo "setup-host: installing ${plan[*]} — missing: $(IFS=,; echo "${missing[*]}" | sed 's/,/, /g')"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup-host: need root to install: ${need[*]}" >&2
@@ -35,14 +63,16 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # bookworm-backports, from the mirror already configured for bookworm.
-if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    mirror=$(grep -rhoE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-        | grep -v security | head -1 | tr -d ' ')
-    if [ -z "$mirror" ]; then
-        echo "setup-host: no Debian mirror found in the apt sources to add bookworm-backports from" >&2
+step="reading the apt sources in $ETC_APT"
+if [[ " ${need[*]} " == *" qemu-system-x86 "* ]] && ! apt_has_backports "$ETC_APT"; then
+    if ! mirror=$(apt_mirror "$ETC_APT"); then
+        echo "setup-host: cannot add bookworm-backports: the mirror was not found (see above)" >&2
         exit 1
     fi
-    cat > /etc/apt/sources.list.d/bookworm-backports.sources <<SRC
+    src="$ETC_APT/sources.list.d/bookworm-backports.sources"
+    step="writing $src (bookworm-backports from $mirror)"
+    echo "setup-host: adding bookworm-backports from $mirror in $src"
+    cat > "$src" <<SRC
 Types: deb
 URIs: $mirror
 Suites: bookworm-backports
@@ -52,16 +82,19 @@ SRC
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+step="running apt-get update"
 apt-get update -q
 rest=()
 for p in "${need[@]}"; do
     if [ "$p" = qemu-system-x86 ]; then
+        step="installing qemu-system-x86 from bookworm-backports (apt-get install -t bookworm-backports)"
         apt-get install -y -q -t bookworm-backports qemu-system-x86
     else
         rest+=("$p")
     fi
 done
 if [ ${#rest[@]} -gt 0 ]; then
+    step="installing ${rest[*]} (apt-get install)"
     apt-get install -y -q "${rest[@]}"
 fi
 echo "setup-host: installed ${need[*]}"
