@@ -12,8 +12,8 @@ use std::hint::black_box;
 
 use divan::counter::BytesCount;
 use divan::Bencher;
-use vhost_tap::chain::{self, Chain, Direction};
-use vhost_tap::guestmap::GuestMap;
+use vhost_tap::guest::chain::{self, Chain, Direction};
+use vhost_tap::guest::map::GuestMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 fn main() {

@@ -6,14 +6,22 @@
 //! queue pairs (with the frames waiting in their rings) and counters
 //! outlive it in [`Device`], so a guest that reconnects finds them as they
 //! were.
+//!
+//! Each worker has an epoll of its own (vhost-user-backend's
+//! `VringEpollHandler`) and so its own event ids: its two vrings
+//! ([`RX_KICK`], [`TX_KICK`]), the library's exit event at `num_queues`,
+//! and ours above it ([`WorkerEvent`]).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use log::{error, info};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -23,143 +31,84 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::counters::QueueCounters;
-use crate::datapath::{Negotiated, QueuePair, RxOutcome};
+use crate::datapath::{Negotiated, Pass};
+use crate::device::Device;
+
+/// The virtio features the backend offers: virtio-net's with the
+/// offloads both ways, mergeable RX buffers, multi-queue, and the ring
+/// features the data path implements.
+pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_NET_F_MAC
+    | 1 << VIRTIO_NET_F_STATUS
+    | 1 << VIRTIO_NET_F_MTU
+    | 1 << VIRTIO_NET_F_MQ
+    | 1 << VIRTIO_NET_F_MRG_RXBUF
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    | 1 << VIRTIO_NET_F_CSUM
+    | 1 << VIRTIO_NET_F_GUEST_CSUM
+    | 1 << VIRTIO_NET_F_HOST_TSO4
+    | 1 << VIRTIO_NET_F_HOST_TSO6
+    | 1 << VIRTIO_NET_F_HOST_ECN
+    | 1 << VIRTIO_NET_F_GUEST_TSO4
+    | 1 << VIRTIO_NET_F_GUEST_TSO6
+    | 1 << VIRTIO_NET_F_GUEST_ECN;
+
+/// Event id of a worker's RX vring (its first), as the library numbers them.
+pub const RX_KICK: u16 = 0;
+/// Event id of a worker's TX vring (its second).
+pub const TX_KICK: u16 = 1;
+
+/// The events a worker waits on besides its vring kicks, with ids above
+/// those the library reserves (its vrings and its exit event, `0..=num_queues`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WorkerEvent {
+    /// The pair's TAP queue fd (edge-triggered, IN and OUT).
+    Tap,
+    /// The pair's `resume` eventfd: the worker left work for later.
+    Resume,
+}
+
+impl WorkerEvent {
+    fn id(self, num_queues: usize) -> u16 {
+        let first = num_queues as u16 + 1;
+        match self {
+            WorkerEvent::Tap => first,
+            WorkerEvent::Resume => first + 1,
+        }
+    }
+
+    fn from_id(id: u16, num_queues: usize) -> Option<WorkerEvent> {
+        [WorkerEvent::Tap, WorkerEvent::Resume]
+            .into_iter()
+            .find(|e| e.id(num_queues) == id)
+    }
+}
+
+/// The TAP offloads that match what the guest acked: what the TAP may hand
+/// us is what the guest accepts.
+fn tap_offloads(acked: u64) -> u32 {
+    let has = |bit: u32| acked & (1 << bit) != 0;
+    let mut off = 0;
+    if has(VIRTIO_NET_F_GUEST_CSUM) {
+        off |= tap::TUN_F_CSUM;
+        if has(VIRTIO_NET_F_GUEST_TSO4) {
+            off |= tap::TUN_F_TSO4;
+        }
+        if has(VIRTIO_NET_F_GUEST_TSO6) {
+            off |= tap::TUN_F_TSO6;
+        }
+        if has(VIRTIO_NET_F_GUEST_ECN)
+            && (has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6))
+        {
+            off |= tap::TUN_F_TSO_ECN;
+        }
+    }
+    off
+}
 
 /// Guest memory as the rust-vmm crates pass it around (no dirty bitmap: no live migration).
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
-
-/// virtio-net and virtio feature bits.
-pub mod features {
-    pub const CSUM: u64 = 1 << 0;
-    pub const GUEST_CSUM: u64 = 1 << 1;
-    pub const MTU: u64 = 1 << 3;
-    pub const MAC: u64 = 1 << 5;
-    pub const GUEST_TSO4: u64 = 1 << 7;
-    pub const GUEST_TSO6: u64 = 1 << 8;
-    pub const GUEST_ECN: u64 = 1 << 9;
-    pub const HOST_TSO4: u64 = 1 << 11;
-    pub const HOST_TSO6: u64 = 1 << 12;
-    pub const HOST_ECN: u64 = 1 << 13;
-    pub const MRG_RXBUF: u64 = 1 << 15;
-    pub const STATUS: u64 = 1 << 16;
-    pub const MQ: u64 = 1 << 22;
-    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
-    pub const RING_EVENT_IDX: u64 = 1 << 29;
-    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
-    pub const VERSION_1: u64 = 1 << 32;
-}
-
-/// What a device is, independent of any connection.
-#[derive(Clone, Debug)]
-pub struct DeviceSettings {
-    pub name: String,
-    pub queue_pairs: usize,
-    pub queue_size: u16,
-    pub ring_size: usize,
-    pub mac: [u8; 6],
-    pub mtu: u16,
-    /// The queue mode in effect, after `auto` was resolved.
-    pub mode: crate::config::Mode,
-    /// FQ-CoDel parameters, for `Mode::FqCodel`.
-    pub fq: crate::config::FqSettings,
-}
-
-impl DeviceSettings {
-    /// The FQ-CoDel configuration of one queue pair, if the mode uses it.
-    pub fn aqm(&self) -> Option<fq_codel::Config> {
-        (self.mode == crate::config::Mode::FqCodel).then(|| fq_codel::Config {
-            flows: self.fq.flows,
-            limit: self.fq.limit,
-            memory_limit: self.fq.memory_limit,
-            quantum: usize::from(self.mtu) + 14,
-            ecn: self.fq.ecn,
-            seed: seed(),
-            ..fq_codel::Config::default()
-        })
-    }
-}
-
-/// A per-process hash perturbation for FQ-CoDel's flow hashing, so flows
-/// cannot be steered into one bucket by someone who knows the hash.
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id().into());
-    h.finish()
-}
-
-/// A device: its TAP, queue pairs and counters. Shared by the connections
-/// that come and go.
-pub struct Device {
-    pub settings: DeviceSettings,
-    pub tap: Arc<tap::Tap>,
-    pub pairs: Vec<Mutex<QueuePair>>,
-    pub counters: Vec<Arc<QueueCounters>>,
-}
-
-impl Device {
-    pub fn new(settings: DeviceSettings, tap: tap::Tap) -> Device {
-        let tap = Arc::new(tap);
-        let pairs: Vec<_> = (0..settings.queue_pairs)
-            .map(|i| QueuePair::new(i, tap.clone(), settings.ring_size, settings.aqm()))
-            .collect();
-        let counters = pairs.iter().map(|p| p.counters.clone()).collect();
-        Device {
-            settings,
-            tap,
-            pairs: pairs.into_iter().map(Mutex::new).collect(),
-            counters,
-        }
-    }
-
-    /// Every queue's counters, then one line for the device: the mode and
-    /// the kernel's tun tail drops (the TAP's `tx_dropped`).
-    pub fn report(&self) -> String {
-        let qs: Vec<&QueueCounters> = self.counters.iter().map(|c| &**c).collect();
-        let mut r = crate::counters::report(&self.settings.name, &qs);
-        let tail = self
-            .tap
-            .tx_dropped()
-            .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
-        r.push_str(&format!(
-            "tap={} mode={} tap_tx_dropped={tail}\n",
-            self.tap.name(),
-            self.settings.mode.name()
-        ));
-        r
-    }
-
-    /// The structured form of [`Device::report`], for tools.
-    pub fn report_json(
-        &self,
-        event: crate::counters::ReportEvent,
-    ) -> crate::counters::DeviceReport {
-        crate::counters::DeviceReport {
-            event,
-            device: self.settings.name.clone(),
-            tap: self.tap.name().to_string(),
-            mode: self.settings.mode.name().to_string(),
-            tap_tx_dropped: self.tap.tx_dropped().ok(),
-            queues: self
-                .counters
-                .iter()
-                .enumerate()
-                .map(|(i, c)| crate::counters::QueueReport::of(i, c))
-                .collect(),
-        }
-    }
-
-    /// Log both forms of the counters: the human lines, then the JSON line.
-    pub fn log_report(&self, event: crate::counters::ReportEvent, title: &str) {
-        info!("{title}:\n{}", self.report().trim_end());
-        info!("{}", self.report_json(event).to_log_line());
-    }
-
-    /// Lock a queue pair, recovering it if a worker panicked while holding it.
-    pub fn pair(&self, i: usize) -> std::sync::MutexGuard<'_, QueuePair> {
-        self.pairs[i].lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// The `VhostUserBackend` of one connection.
 pub struct NetBackend {
@@ -194,40 +143,27 @@ impl NetBackend {
         })
     }
 
-    fn event_base(&self) -> u16 {
-        // Ids 0..num_queues are the vrings, num_queues is the exit event.
-        (self.num_queues() + 1) as u16
-    }
-
-    /// Add the TAP queue fds and resume eventfds to the workers' epolls.
+    /// Add each pair's TAP queue fd and resume eventfd to its worker's epoll.
     pub fn register(&self, handlers: &[Arc<VringEpollHandler<Arc<NetBackend>>>]) -> io::Result<()> {
-        let base = u64::from(self.event_base());
+        let nq = self.num_queues();
         for (p, h) in handlers.iter().enumerate().take(self.device.pairs.len()) {
             let fd = std::os::fd::AsRawFd::as_raw_fd(self.device.tap.queue(p));
             h.register_listener(
                 fd,
                 EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
-                base + 2 * p as u64,
+                u64::from(WorkerEvent::Tap.id(nq)),
             )?;
             h.register_listener(
                 std::os::fd::AsRawFd::as_raw_fd(&self.resume[p]),
                 EventSet::IN,
-                base + 2 * p as u64 + 1,
+                u64::from(WorkerEvent::Resume.id(nq)),
             )?;
         }
         Ok(())
     }
 
     fn negotiated(&self) -> Negotiated {
-        let f = self.acked.load(Ordering::Acquire);
-        Negotiated {
-            hdr_len: if f & (features::VERSION_1 | features::MRG_RXBUF) != 0 {
-                12
-            } else {
-                10
-            },
-            mrg_rxbuf: f & features::MRG_RXBUF != 0,
-        }
+        Negotiated::from_features(self.acked.load(Ordering::Acquire))
     }
 
     fn memory(&self) -> Option<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap<()>>> {
@@ -250,13 +186,8 @@ impl NetBackend {
         let mut vring = vrings[0].get_mut();
         // Not ready: the reader still fills the ring (and stops when it is full).
         let ready = vring.get_queue().ready() && vring.is_enabled();
-        let (outcome, signal) = pair.rx_run(vring.get_queue_mut(), &mem, neg, ready);
-        if signal {
-            self.notify(&vring, &pair.counters.rx_interrupts);
-        }
-        if outcome == RxOutcome::MoreWork {
-            let _ = self.resume[p].write(1);
-        }
+        let pass = pair.rx_run(vring.get_queue_mut(), &mem, neg, ready);
+        self.finish(p, pass, &vring, &pair.counters.rx_interrupts);
     }
 
     fn run_tx(&self, p: usize, vrings: &[VringRwLock<GuestMem>]) {
@@ -267,23 +198,36 @@ impl NetBackend {
         if !(vring.get_queue().ready() && vring.is_enabled()) {
             return;
         }
-        let (outcome, signal) = pair.tx_run(vring.get_queue_mut(), &mem, neg);
-        if signal {
-            self.notify(&vring, &pair.counters.tx_interrupts);
-        }
-        if outcome == RxOutcome::MoreWork {
-            let _ = self.resume[p].write(1);
-        }
+        let pass = pair.tx_run(vring.get_queue_mut(), &mem, neg);
+        self.finish(p, pass, &vring, &pair.counters.tx_interrupts);
     }
 
-    /// Interrupt the guest (the data path decided it wants one).
-    fn notify(&self, vring: &vhost_user_backend::VringState<GuestMem>, counter: &AtomicU64) {
-        QueueCounters::add(counter, 1);
-        if let Err(e) = vring.signal_used_queue() {
-            error!(
-                "{}: cannot signal the guest: {e}",
-                self.device.settings.name
-            );
+    /// After a pass: interrupt the guest if the data path decided it wants
+    /// one, and come back through `resume` if work was left.
+    fn finish(
+        &self,
+        p: usize,
+        pass: Pass,
+        vring: &vhost_user_backend::VringState<GuestMem>,
+        interrupts: &AtomicU64,
+    ) {
+        if pass.interrupt {
+            QueueCounters::add(interrupts, 1);
+            if let Err(e) = vring.signal_used_queue() {
+                error!(
+                    "{}: queue {p}: cannot signal the guest: {e}",
+                    self.device.settings.name
+                );
+            }
+        }
+        if pass.work_left {
+            if let Err(e) = self.resume[p].write(1) {
+                // Only an overflowing counter fails; then a wake-up is pending anyway.
+                log::debug!(
+                    "{}: queue {p}: resume event: {e}",
+                    self.device.settings.name
+                );
+            }
         }
     }
 }
@@ -301,52 +245,17 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn features(&self) -> u64 {
-        use features::*;
-        VERSION_1
-            | MAC
-            | STATUS
-            | MTU
-            | MQ
-            | MRG_RXBUF
-            | RING_EVENT_IDX
-            | RING_INDIRECT_DESC
-            | CSUM
-            | GUEST_CSUM
-            | HOST_TSO4
-            | HOST_TSO6
-            | HOST_ECN
-            | GUEST_TSO4
-            | GUEST_TSO6
-            | GUEST_ECN
-            | PROTOCOL_FEATURES
+        OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&self, f: u64) {
-        use features::*;
         self.acked.store(f, Ordering::Release);
         let name = &self.device.settings.name;
-        let hdr = if f & (VERSION_1 | MRG_RXBUF) != 0 {
-            12
-        } else {
-            10
-        };
-        if let Err(e) = self.device.tap.set_vnet_hdr_size(hdr) {
+        let hdr = Negotiated::from_features(f).hdr_len;
+        if let Err(e) = self.device.tap.set_vnet_hdr_size(hdr as i32) {
             error!("{name}: cannot set the TAP's vnet header size to {hdr}: {e}");
         }
-        // What the TAP may hand us is what the guest accepts.
-        let mut off = 0;
-        if f & GUEST_CSUM != 0 {
-            off |= tap::TUN_F_CSUM;
-            if f & GUEST_TSO4 != 0 {
-                off |= tap::TUN_F_TSO4;
-            }
-            if f & GUEST_TSO6 != 0 {
-                off |= tap::TUN_F_TSO6;
-            }
-            if f & GUEST_ECN != 0 && f & (GUEST_TSO4 | GUEST_TSO6) != 0 {
-                off |= tap::TUN_F_TSO_ECN;
-            }
-        }
+        let off = tap_offloads(f);
         if let Err(e) = self.device.tap.set_offload(off) {
             error!("{name}: cannot set TAP offloads {off:#x}: {e}");
         }
@@ -370,7 +279,7 @@ impl VhostUserBackend for NetBackend {
         let s = &self.device.settings;
         let mut cfg = Vec::with_capacity(12);
         cfg.extend_from_slice(&s.mac);
-        cfg.extend_from_slice(&1u16.to_le_bytes()); // status: VIRTIO_NET_S_LINK_UP
+        cfg.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         cfg.extend_from_slice(&(s.queue_pairs as u16).to_le_bytes());
         cfg.extend_from_slice(&s.mtu.to_le_bytes());
         let start = (offset as usize).min(cfg.len());
@@ -410,46 +319,43 @@ impl VhostUserBackend for NetBackend {
         if vrings.len() != 2 || thread_id >= self.device.pairs.len() {
             return Ok(());
         }
-        if usize::from(device_event) < vrings.len() {
-            let p = thread_id;
-            let c = &self.device.counters[p];
-            if device_event == 0 {
+        let p = thread_id;
+        let c = &self.device.counters[p];
+        match device_event {
+            RX_KICK => {
                 QueueCounters::add(&c.rx_kicks, 1);
                 self.run_rx(p, vrings);
-            } else {
+            }
+            TX_KICK => {
                 QueueCounters::add(&c.tx_kicks, 1);
                 self.run_tx(p, vrings);
             }
-            return Ok(());
-        }
-        let Some(rel) = device_event.checked_sub(self.event_base()) else {
-            return Ok(());
-        };
-        let p = usize::from(rel / 2);
-        if p != thread_id {
-            return Ok(());
-        }
-        if rel % 2 == 0 {
-            // TAP queue fd: edge-triggered, so remember what it said.
-            {
-                let mut pair = self.device.pair(p);
-                if evset.contains(EventSet::IN) {
-                    pair.tap_readable();
+            id => match WorkerEvent::from_id(id, self.num_queues()) {
+                Some(WorkerEvent::Tap) => {
+                    // Edge-triggered: remember what it said.
+                    {
+                        let mut pair = self.device.pair(p);
+                        if evset.contains(EventSet::IN) {
+                            pair.tap_readable();
+                        }
+                        if evset.contains(EventSet::OUT) {
+                            pair.tap_writable();
+                        }
+                    }
+                    if evset.contains(EventSet::OUT) {
+                        self.run_tx(p, vrings);
+                    }
+                    if evset.contains(EventSet::IN) {
+                        self.run_rx(p, vrings);
+                    }
                 }
-                if evset.contains(EventSet::OUT) {
-                    pair.tap_writable();
+                Some(WorkerEvent::Resume) => {
+                    let _ = self.resume[p].read();
+                    self.run_tx(p, vrings);
+                    self.run_rx(p, vrings);
                 }
-            }
-            if evset.contains(EventSet::OUT) {
-                self.run_tx(p, vrings);
-            }
-            if evset.contains(EventSet::IN) {
-                self.run_rx(p, vrings);
-            }
-        } else {
-            let _ = self.resume[p].read();
-            self.run_tx(p, vrings);
-            self.run_rx(p, vrings);
+                None => {}
+            },
         }
         Ok(())
     }

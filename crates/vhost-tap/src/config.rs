@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::settings::{FqSettings, Mode};
+
 /// Defaults, named.
 pub const DEFAULT_QUEUES: usize = 1;
 pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
@@ -18,50 +20,12 @@ pub const DEFAULT_RING_SIZE: usize = 256;
 pub const DEFAULT_MTU: u16 = 1500;
 pub const MAX_QUEUES: usize = 16;
 
-/// How the daemon keeps the queue of host → guest traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Stop reading the TAP while the ring is full (IFF_BACKPRESSURE when the kernel has it).
-    Backpressure,
-    /// Keep draining the TAP; the standing queue waits in a userspace FQ-CoDel.
-    FqCodel,
-    /// Backpressure if the kernel offers IFF_BACKPRESSURE and the TAP has a qdisc, else FQ-CoDel.
-    Auto,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Result<Mode, String> {
-        match s {
-            "backpressure" => Ok(Mode::Backpressure),
-            "fq-codel" => Ok(Mode::FqCodel),
-            "auto" => Ok(Mode::Auto),
-            _ => Err(format!(
-                "unknown mode \"{s}\"; expected \"auto\", \"fq-codel\" or \"backpressure\""
-            )),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Backpressure => "backpressure",
-            Mode::FqCodel => "fq-codel",
-            Mode::Auto => "auto",
-        }
-    }
-}
-
-/// FQ-CoDel parameters (RFC 8290 defaults; target 5 ms and interval 100 ms are fixed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FqSettings {
-    pub flows: usize,
-    pub limit: usize,
-    pub memory_limit: usize,
-    pub ecn: bool,
-}
-
 pub const DEFAULT_FQ_FLOWS: usize = 1024;
 pub const DEFAULT_FQ_LIMIT: usize = 10240;
 pub const DEFAULT_FQ_MEMORY_LIMIT: usize = 32 << 20;
+/// The daemon's floor for `fq_memory_limit`, above the AQM's own: room for
+/// one 64 KiB GSO frame.
+const MIN_FQ_MEMORY_LIMIT: i64 = 65536;
 
 /// One checked device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,14 +234,27 @@ impl RawDevice {
             None => Mode::Auto,
         };
         let fq = FqSettings {
-            flows: o.int(&self.fq_flows, "fq_flows", DEFAULT_FQ_FLOWS, 1, 65536)?,
-            limit: o.int(&self.fq_limit, "fq_limit", DEFAULT_FQ_LIMIT, 1, 1 << 20)?,
+            flows: o.int(
+                &self.fq_flows,
+                "fq_flows",
+                DEFAULT_FQ_FLOWS,
+                fq_codel::MIN_FLOWS as i64,
+                fq_codel::MAX_FLOWS as i64,
+            )?,
+            limit: o.int(
+                &self.fq_limit,
+                "fq_limit",
+                DEFAULT_FQ_LIMIT,
+                fq_codel::MIN_LIMIT as i64,
+                fq_codel::MAX_LIMIT as i64,
+            )?,
+            // At least 64 KiB: below that a single GSO frame could never be queued.
             memory_limit: o.int(
                 &self.fq_memory_limit,
                 "fq_memory_limit",
                 DEFAULT_FQ_MEMORY_LIMIT,
-                65536,
-                1 << 34,
+                MIN_FQ_MEMORY_LIMIT,
+                fq_codel::MAX_MEMORY_LIMIT as i64,
             )?,
             ecn: self.fq_ecn.as_ref().is_none_or(|v| *v.get_ref()),
         };

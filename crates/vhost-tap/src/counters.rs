@@ -60,6 +60,8 @@ counters! {
         rx_dropped_queue_broken,
         /// Frames still in the ring when the daemon shut down.
         rx_dropped_shutdown,
+        /// Frames lost to a broken internal invariant (the ring refused a slot it had offered): a bug, always 0.
+        rx_dropped_internal,
         /// Guest TX chains shorter than a virtio-net header plus an Ethernet header (returned to the guest unsent).
         tx_dropped_too_short,
         /// Guest TX chains longer than the largest frame the TAP accepts.

@@ -4,30 +4,35 @@
 //! host TAP device with backpressure instead of drops in both directions.
 //!
 //! ## Design
-//! - [`config`]: the command line and the TOML file, checked into
-//!   [`config::DeviceConfig`]s; errors name file, line and key.
-//! - [`server`]: one thread per device; listens on the vhost-user socket,
-//!   serves one frontend at a time, listens again when it leaves.
-//! - [`relay`]: sits between the frontend and the vhost crate's request
-//!   dispatcher so that QEMU's real message order (`SET_VRING_ENABLE` before
-//!   `SET_FEATURES`) is accepted.
-//! - [`backend`]: the `VhostUserBackend`: features, config space, one worker
-//!   thread per queue pair, event dispatch.
-//! - [`datapath`]: per queue pair, TAP reader → `ptr-ring` → RX filler, and
-//!   the TX drainer that `writev`s guest chains to the TAP.
-//! - [`chain`]: descriptor chains checked before any byte moves (the guest
-//!   is not trusted).
-//! - [`counters`]: per-queue counters; every drop has a reason.
+//! The arrows run one way: the daemon (CLI, config, server) starts the
+//! control plane (relay, backend, device), which drives the data path,
+//! which uses guest memory, the ring (`ptr-ring`), the TAP (`tap`) and the
+//! AQM (`fq-codel`).
 //!
-//! The ring lives in the `ptr-ring` crate, the TAP in `tap`, the guest-side
-//! test driver in `vu-driver`.
+//! - The daemon: `main.rs` (command line, signals), [`config`] (the
+//!   command line and the TOML file, checked into [`config::DeviceConfig`]s;
+//!   errors name file, line and key), [`server`] (one thread per device;
+//!   listens on the vhost-user socket, serves one frontend at a time,
+//!   listens again when it leaves).
+//! - [`settings`]: what a device is (mode, sizes, FQ-CoDel parameters),
+//!   below both the parser and the backend.
+//! - The control plane: [`relay`] (sits between the frontend and the vhost
+//!   crate's request dispatcher so that QEMU's real message order is
+//!   accepted), [`backend`] (the `VhostUserBackend`: features, config
+//!   space, one worker per queue pair, event dispatch), [`device`] (the TAP,
+//!   queue pairs and counters that outlive connections).
+//! - [`datapath`]: per queue pair, TAP reader → ring → RX filler, the
+//!   direct RX path, and the TX drainer; one file per role.
+//! - [`guest`]: guest memory on the per-frame path, descriptor chains
+//!   checked before any byte moves (the guest is not trusted), iovecs.
+//! - [`counters`]: per-queue counters; every drop has a reason.
 
 pub mod backend;
-pub mod chain;
 pub mod config;
 pub mod counters;
 pub mod datapath;
-pub mod guestmap;
+pub mod device;
+pub mod guest;
 pub mod relay;
 pub mod server;
-pub mod slots;
+pub mod settings;

@@ -9,10 +9,11 @@ use clap::Parser;
 use log::{error, info, warn};
 use toml::Spanned;
 
-use vhost_tap::backend::{Device, DeviceSettings};
-use vhost_tap::config::{self, DeviceConfig, Mode, RawDevice};
+use vhost_tap::config::{self, DeviceConfig, RawDevice};
 use vhost_tap::counters::ReportEvent;
+use vhost_tap::device::Device;
 use vhost_tap::server::{self, DeviceServer, Stop};
+use vhost_tap::settings::{DeviceSettings, Mode};
 
 /// A vhost-user-net backend bridging guests to host TAP devices, with
 /// backpressure instead of tail drops.
@@ -163,7 +164,7 @@ fn open_device(d: &DeviceConfig) -> Result<Device, String> {
     let cfg = tap::TapConfig {
         name: d.tap.clone(),
         queues: d.queues,
-        vnet_hdr_size: 12,
+        vnet_hdr_size: vhost_tap::datapath::vnet::HDR_LEN as i32,
         backpressure: if d.mode == Mode::FqCodel {
             tap::BackpressureRequest::Off
         } else {
@@ -203,7 +204,7 @@ fn open_device(d: &DeviceConfig) -> Result<Device, String> {
         mode,
         fq: d.fq,
     };
-    Ok(Device::new(settings, t))
+    Device::new(settings, t).map_err(|e| format!("{}: {e}", d.tap))
 }
 
 fn main() -> ExitCode {

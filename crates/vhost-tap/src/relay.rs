@@ -31,26 +31,73 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use log::{debug, warn};
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserVringState,
+};
+use vm_memory::ByteValued;
 
-/// vhost-user request codes the relay looks at.
-const SET_FEATURES: u32 = 2;
-const SET_PROTOCOL_FEATURES: u32 = 16;
-const SET_VRING_ENABLE: u32 = 18;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_CALL: u32 = 13;
-const RESET_OWNER: u32 = 4;
-/// Header flags.
+/// A message header: request code, flags, payload size, each a `u32` in the
+/// host's byte order (vhost-user uses the machine's native order).
+type Header = [u32; 3];
+/// The version field of the header flags (the [`VhostUserHeaderFlag::VERSION`]
+/// bits): the protocol has only version 1.
 const VERSION_1: u32 = 0x1;
-const REPLY: u32 = 0x4;
-const NEED_REPLY: u32 = 0x8;
+const REPLY: u32 = VhostUserHeaderFlag::REPLY.bits();
+const NEED_REPLY: u32 = VhostUserHeaderFlag::NEED_REPLY.bits();
 /// Bits in feature words.
-const PROTOCOL_FEATURES: u64 = 1 << 30;
-const REPLY_ACK: u64 = 1 << 3;
+const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+const REPLY_ACK: u64 = VhostUserProtocolFeatures::REPLY_ACK.bits();
+/// The vring index in the u64 payload of SET_VRING_KICK/CALL (the low byte;
+/// bit 8 says "no descriptor").
+const VRING_INDEX_MASK: u64 = 0xff;
 /// Largest payload the relay accepts (the protocol's largest is the memory
 /// table: 8 regions of 32 bytes plus 8; config space messages are 4 KiB + 12).
 const MAX_PAYLOAD: u32 = 64 * 1024;
 /// The most descriptors one message may carry.
 const MAX_FDS: usize = 32;
+
+/// What ended a relayed connection: which side, which step, and the cause.
+/// [`run`] hands it on as an `io::Error` of the cause's kind.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Duplicating a socket handle for the second direction failed.
+    #[error("relay: cannot duplicate a socket: {0}")]
+    CloneSocket(#[source] io::Error),
+    /// The thread that carries replies back could not start.
+    #[error("relay: cannot start the reply thread: {0}")]
+    SpawnReplies(#[source] io::Error),
+    /// Reading a request from the frontend failed (or it broke the protocol).
+    #[error("relay: reading a request from the frontend: {0}")]
+    ReadFrontend(#[source] io::Error),
+    /// Passing a request on to the dispatcher failed.
+    #[error("relay: passing a request to the dispatcher: {0}")]
+    WriteDispatcher(#[source] io::Error),
+    /// Reading a reply from the dispatcher failed.
+    #[error("relay: reading a reply from the dispatcher: {0}")]
+    ReadDispatcher(#[source] io::Error),
+    /// Writing a reply (the dispatcher's or our own) to the frontend failed.
+    #[error("relay: writing a reply to the frontend: {0}")]
+    WriteFrontend(#[source] io::Error),
+    /// The reply thread panicked.
+    #[error("relay: the reply thread panicked")]
+    RepliesPanicked,
+}
+
+impl From<RelayError> for io::Error {
+    fn from(e: RelayError) -> io::Error {
+        let kind = match &e {
+            RelayError::CloneSocket(s)
+            | RelayError::SpawnReplies(s)
+            | RelayError::ReadFrontend(s)
+            | RelayError::WriteDispatcher(s)
+            | RelayError::ReadDispatcher(s)
+            | RelayError::WriteFrontend(s) => s.kind(),
+            RelayError::RepliesPanicked => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
 
 /// One vhost-user message with its descriptors.
 #[derive(Debug)]
@@ -63,15 +110,11 @@ pub struct Message {
 
 impl Message {
     fn u64_payload(&self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.payload.get(..8)?.try_into().ok()?))
+        Some(u64::from_ne_bytes(self.payload.get(..8)?.try_into().ok()?))
     }
 
-    fn header(&self) -> [u8; 12] {
-        let mut h = [0u8; 12];
-        h[0..4].copy_from_slice(&self.request.to_le_bytes());
-        h[4..8].copy_from_slice(&self.flags.to_le_bytes());
-        h[8..12].copy_from_slice(&(self.payload.len() as u32).to_le_bytes());
-        h
+    fn header(&self) -> Header {
+        [self.request, self.flags, self.payload.len() as u32]
     }
 }
 
@@ -156,13 +199,11 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> i
 /// Read one message; `Ok(None)` when the peer closed the connection cleanly.
 pub fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
     let mut fds = Vec::new();
-    let mut h = [0u8; 12];
-    if !recv_exact(sock, &mut h, &mut fds)? {
+    let mut h: Header = [0; 3];
+    if !recv_exact(sock, ByteValued::as_mut_slice(&mut h), &mut fds)? {
         return Ok(None);
     }
-    let request = u32::from_le_bytes(h[0..4].try_into().unwrap_or_default());
-    let flags = u32::from_le_bytes(h[4..8].try_into().unwrap_or_default());
-    let size = u32::from_le_bytes(h[8..12].try_into().unwrap_or_default());
+    let [request, flags, size] = h;
     if size > MAX_PAYLOAD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -186,7 +227,8 @@ pub fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
 
 /// Write one message, its descriptors on the first byte.
 pub fn write_message(sock: &UnixStream, m: &Message) -> io::Result<()> {
-    let h = m.header();
+    let header = m.header();
+    let h = ByteValued::as_slice(&header);
     let mut iov = [
         libc::iovec {
             iov_base: h.as_ptr() as *mut libc::c_void,
@@ -236,7 +278,7 @@ pub fn write_message(sock: &UnixStream, m: &Message) -> io::Result<()> {
     if sent < total {
         // The descriptors went with the first byte; send the rest plainly.
         let mut rest = Vec::with_capacity(total - sent);
-        rest.extend_from_slice(&h);
+        rest.extend_from_slice(h);
         rest.extend_from_slice(&m.payload);
         (&*sock).write_all(&rest[sent..])?;
     }
@@ -255,18 +297,24 @@ pub struct Filter {
     kicked: BTreeSet<u32>,
 }
 
-/// The vring index in the u64 payload of SET_VRING_KICK/CALL (low byte).
+/// The vring index in the u64 payload of SET_VRING_KICK/CALL.
 fn vring_of_fd_message(m: &Message) -> Option<u32> {
-    m.u64_payload().map(|v| (v & 0xff) as u32)
+    m.u64_payload().map(|v| (v & VRING_INDEX_MASK) as u32)
+}
+
+/// The `VhostUserVringState` (index, num) at the start of a payload, if it
+/// is long enough.
+fn vring_state(payload: &[u8]) -> Option<(u32, u32)> {
+    let bytes = payload.get(..std::mem::size_of::<VhostUserVringState>())?;
+    let state = *VhostUserVringState::from_slice(bytes)?;
+    Some((state.index, state.num))
 }
 
 fn enable_message(index: u32, num: u32) -> Message {
-    let mut payload = index.to_le_bytes().to_vec();
-    payload.extend_from_slice(&num.to_le_bytes());
     Message {
-        request: SET_VRING_ENABLE,
+        request: FrontendReq::SET_VRING_ENABLE.into(),
         flags: VERSION_1,
-        payload,
+        payload: VhostUserVringState::new(index, num).as_slice().to_vec(),
         fds: Vec::new(),
     }
 }
@@ -286,32 +334,37 @@ pub enum Action {
 
 impl Filter {
     pub fn on_request(&mut self, m: Message) -> Action {
-        match m.request {
-            SET_PROTOCOL_FEATURES => {
+        // Codes the vhost crate does not know pass through untouched.
+        let Ok(request) = FrontendReq::try_from(m.request) else {
+            return Action::Forward(m);
+        };
+        match request {
+            FrontendReq::SET_PROTOCOL_FEATURES => {
                 self.reply_ack = m.u64_payload().unwrap_or(0) & REPLY_ACK != 0;
                 Action::Forward(m)
             }
-            RESET_OWNER => {
+            FrontendReq::RESET_OWNER => {
                 *self = Filter::default();
                 Action::Forward(m)
             }
-            SET_VRING_ENABLE if !self.protocol_features_acked && m.payload.len() >= 8 => {
-                let index = u32::from_le_bytes(m.payload[0..4].try_into().unwrap_or_default());
-                let num = u32::from_le_bytes(m.payload[4..8].try_into().unwrap_or_default());
+            FrontendReq::SET_VRING_ENABLE if !self.protocol_features_acked => {
+                let Some((index, num)) = vring_state(&m.payload) else {
+                    return self.superseding_enable(m);
+                };
                 debug!("relay: SET_VRING_ENABLE({index}, {num}) before SET_FEATURES: held until features are acked");
                 self.early_enables.insert(index, num);
                 if self.reply_ack && m.flags & NEED_REPLY != 0 {
                     Action::Reply(Message {
                         request: m.request,
                         flags: VERSION_1 | REPLY,
-                        payload: 0u64.to_le_bytes().to_vec(),
+                        payload: 0u64.to_ne_bytes().to_vec(),
                         fds: Vec::new(),
                     })
                 } else {
                     Action::Absorb
                 }
             }
-            SET_FEATURES => {
+            FrontendReq::SET_FEATURES => {
                 let features = m.u64_payload().unwrap_or(0);
                 self.protocol_features_acked = features & PROTOCOL_FEATURES != 0;
                 if !self.protocol_features_acked {
@@ -327,7 +380,7 @@ impl Filter {
             // interrupt the guest through a call fd QEMU is about to replace
             // (QEMU sends KICK, then the final CALL), losing that interrupt;
             // with EVENT_IDX the guest would then wait forever.
-            SET_VRING_KICK if self.protocol_features_acked => {
+            FrontendReq::SET_VRING_KICK if self.protocol_features_acked => {
                 if let Some(i) = vring_of_fd_message(&m) {
                     if self.early_enables.contains_key(&i) {
                         self.kicked.insert(i);
@@ -335,7 +388,7 @@ impl Filter {
                 }
                 Action::Forward(m)
             }
-            SET_VRING_CALL if self.protocol_features_acked => {
+            FrontendReq::SET_VRING_CALL if self.protocol_features_acked => {
                 let Some(i) = vring_of_fd_message(&m) else {
                     return Action::Forward(m);
                 };
@@ -352,55 +405,72 @@ impl Filter {
                     None => Action::Forward(m),
                 }
             }
-            // The frontend's own enable supersedes a held one.
-            SET_VRING_ENABLE => {
-                if let Some(i) = m.payload.get(0..4).and_then(|b| b.try_into().ok()) {
-                    let i = u32::from_le_bytes(i);
-                    self.early_enables.remove(&i);
-                    self.kicked.remove(&i);
-                }
-                Action::Forward(m)
-            }
+            FrontendReq::SET_VRING_ENABLE => self.superseding_enable(m),
             _ => Action::Forward(m),
         }
+    }
+
+    /// The frontend's own enable supersedes a held one.
+    fn superseding_enable(&mut self, m: Message) -> Action {
+        if let Some(i) = m.payload.get(0..4).and_then(|b| b.try_into().ok()) {
+            let i = u32::from_ne_bytes(i);
+            self.early_enables.remove(&i);
+            self.kicked.remove(&i);
+        }
+        Action::Forward(m)
     }
 }
 
 /// Relay between `front` (the frontend) and `back` (the dispatcher) until
 /// either side closes. Both sockets are shut down on return.
+///
+/// An error on the frontend's side (reading its requests, passing them on,
+/// answering it directly) is logged here and returned as an `io::Error`
+/// whose message names the side and the step ([`RelayError`]). An error on
+/// the reply side only ends the relay: the dispatcher closing first is how
+/// it reports a bad request, and it logged why.
 pub fn run(front: UnixStream, back: UnixStream, name: &str) -> io::Result<()> {
-    let front_w = Arc::new(Mutex::new(front.try_clone()?));
-    let back_r = back.try_clone()?;
+    Ok(relay(front, back, name)?)
+}
+
+fn relay(front: UnixStream, back: UnixStream, name: &str) -> Result<(), RelayError> {
+    let clone = |s: &UnixStream| s.try_clone().map_err(RelayError::CloneSocket);
+    let front_w = Arc::new(Mutex::new(clone(&front)?));
+    let back_r = clone(&back)?;
     let front_for_replies = front_w.clone();
-    let front_shut = front.try_clone()?;
-    let back_shut = back.try_clone()?;
+    let front_shut = clone(&front)?;
+    let back_shut = clone(&back)?;
     let tname = format!("{name}-replies");
-    let replies = thread::Builder::new().name(tname).spawn(move || {
-        let r = (|| -> io::Result<()> {
-            while let Some(m) = read_message(&back_r)? {
-                let sock = front_for_replies.lock().unwrap_or_else(|p| p.into_inner());
-                write_message(&sock, &m)?;
-            }
-            Ok(())
-        })();
-        let _ = front_shut.shutdown(std::net::Shutdown::Both);
-        r
-    })?;
+    let replies = thread::Builder::new()
+        .name(tname)
+        .spawn(move || {
+            let r = (|| -> Result<(), RelayError> {
+                while let Some(m) = read_message(&back_r).map_err(RelayError::ReadDispatcher)? {
+                    let sock = front_for_replies.lock().unwrap_or_else(|p| p.into_inner());
+                    write_message(&sock, &m).map_err(RelayError::WriteFrontend)?;
+                }
+                Ok(())
+            })();
+            let _ = front_shut.shutdown(std::net::Shutdown::Both);
+            r
+        })
+        .map_err(RelayError::SpawnReplies)?;
 
     let mut filter = Filter::default();
-    let r = (|| -> io::Result<()> {
-        while let Some(m) = read_message(&front)? {
+    let r = (|| -> Result<(), RelayError> {
+        let to_back = |m: &Message| write_message(&back, m).map_err(RelayError::WriteDispatcher);
+        while let Some(m) = read_message(&front).map_err(RelayError::ReadFrontend)? {
             match filter.on_request(m) {
-                Action::Forward(m) => write_message(&back, &m)?,
+                Action::Forward(m) => to_back(&m)?,
                 Action::ForwardThen(m, then) => {
-                    write_message(&back, &m)?;
+                    to_back(&m)?;
                     for t in &then {
-                        write_message(&back, t)?;
+                        to_back(t)?;
                     }
                 }
                 Action::Reply(reply) => {
                     let sock = front_w.lock().unwrap_or_else(|p| p.into_inner());
-                    write_message(&sock, &reply)?;
+                    write_message(&sock, &reply).map_err(RelayError::WriteFrontend)?;
                 }
                 Action::Absorb => {}
             }
@@ -411,13 +481,13 @@ pub fn run(front: UnixStream, back: UnixStream, name: &str) -> io::Result<()> {
     let _ = front.shutdown(std::net::Shutdown::Both);
     let r2 = replies
         .join()
-        .unwrap_or_else(|_| Err(io::Error::other("reply relay panicked")));
+        .unwrap_or(Err(RelayError::RepliesPanicked));
     if let Err(e) = &r {
-        warn!("{name}: frontend connection: {e}");
+        warn!("{name}: {e}");
     }
     r.and(r2.or_else(|e| {
         // The dispatcher closing first is how it reports a bad request; it logged why.
-        debug!("{name}: dispatcher side: {e}");
+        debug!("{name}: {e}");
         Ok(())
     }))
 }
@@ -426,6 +496,13 @@ pub fn run(front: UnixStream, back: UnixStream, name: &str) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    const SET_FEATURES: u32 = FrontendReq::SET_FEATURES as u32;
+    const SET_PROTOCOL_FEATURES: u32 = FrontendReq::SET_PROTOCOL_FEATURES as u32;
+    const SET_VRING_ENABLE: u32 = FrontendReq::SET_VRING_ENABLE as u32;
+    const SET_VRING_KICK: u32 = FrontendReq::SET_VRING_KICK as u32;
+    const SET_VRING_CALL: u32 = FrontendReq::SET_VRING_CALL as u32;
+    const SET_MEM_TABLE: u32 = FrontendReq::SET_MEM_TABLE as u32;
 
     fn msg(request: u32, flags: u32, payload: Vec<u8>) -> Message {
         Message {
@@ -437,8 +514,7 @@ mod tests {
     }
 
     fn enable(index: u32, num: u32, flags: u32) -> Message {
-        let mut p = index.to_le_bytes().to_vec();
-        p.extend_from_slice(&num.to_le_bytes());
+        let p = [index.to_ne_bytes(), num.to_ne_bytes()].concat();
         msg(SET_VRING_ENABLE, flags, p)
     }
 
@@ -448,14 +524,14 @@ mod tests {
         let pf = msg(
             SET_PROTOCOL_FEATURES,
             VERSION_1,
-            REPLY_ACK.to_le_bytes().to_vec(),
+            REPLY_ACK.to_ne_bytes().to_vec(),
         );
         assert!(matches!(f.on_request(pf), Action::Forward(_)));
         match f.on_request(enable(0, 1, VERSION_1 | NEED_REPLY)) {
             Action::Reply(r) => {
                 assert_eq!(r.request, SET_VRING_ENABLE);
                 assert_eq!(r.flags, VERSION_1 | REPLY);
-                assert_eq!(r.payload, 0u64.to_le_bytes());
+                assert_eq!(r.payload, 0u64.to_ne_bytes());
             }
             other => panic!("expected a reply, got {other:?}"),
         }
@@ -470,11 +546,11 @@ mod tests {
         let sf = msg(
             SET_FEATURES,
             VERSION_1,
-            (PROTOCOL_FEATURES | 1 << 32).to_le_bytes().to_vec(),
+            (PROTOCOL_FEATURES | 1 << 32).to_ne_bytes().to_vec(),
         );
         assert!(matches!(f.on_request(sf), Action::Forward(_)));
         // QEMU's order per vring: an early CALL, then KICK, then the final CALL.
-        let fdmsg = |req: u32, i: u64| msg(req, VERSION_1, i.to_le_bytes().to_vec());
+        let fdmsg = |req: u32, i: u64| msg(req, VERSION_1, i.to_ne_bytes().to_vec());
         assert!(matches!(
             f.on_request(fdmsg(SET_VRING_CALL, 0)),
             Action::Forward(_)
@@ -488,7 +564,7 @@ mod tests {
                 assert_eq!(m.request, SET_VRING_CALL);
                 assert_eq!(replay.len(), 1);
                 assert_eq!(replay[0].request, SET_VRING_ENABLE);
-                assert_eq!(replay[0].payload, [0, 0, 0, 0, 1, 0, 0, 0]);
+                assert_eq!(replay[0].payload, enable(0, 1, 0).payload);
                 assert_eq!(
                     replay[0].flags & NEED_REPLY,
                     0,
@@ -503,7 +579,7 @@ mod tests {
         ));
         match f.on_request(fdmsg(SET_VRING_CALL, 1)) {
             // The last early request for vring 1 (enable) wins.
-            Action::ForwardThen(_, replay) => assert_eq!(replay[0].payload[0..5], [1, 0, 0, 0, 1]),
+            Action::ForwardThen(_, replay) => assert_eq!(replay[0].payload, enable(1, 1, 0).payload),
             other => panic!("expected the replay for vring 1, got {other:?}"),
         }
         // Replayed once only.
@@ -525,7 +601,7 @@ mod tests {
             f.on_request(enable(0, 1, VERSION_1)),
             Action::Absorb
         ));
-        let sf = msg(SET_FEATURES, VERSION_1, (1u64 << 32).to_le_bytes().to_vec());
+        let sf = msg(SET_FEATURES, VERSION_1, (1u64 << 32).to_ne_bytes().to_vec());
         assert!(matches!(f.on_request(sf), Action::Forward(_)));
     }
 
@@ -534,14 +610,14 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let file = std::fs::File::open("/proc/self/stat").unwrap();
         let m = Message {
-            request: 5,
+            request: SET_MEM_TABLE,
             flags: VERSION_1,
             payload: vec![1, 2, 3, 4, 5, 6, 7, 8, 9],
             fds: vec![OwnedFd::from(file)],
         };
         write_message(&a, &m).unwrap();
         let got = read_message(&b).unwrap().unwrap();
-        assert_eq!(got.request, 5);
+        assert_eq!(got.request, SET_MEM_TABLE);
         assert_eq!(got.payload, m.payload);
         assert_eq!(got.fds.len(), 1);
         let mut f = std::fs::File::from(got.fds.into_iter().next().unwrap());
@@ -556,8 +632,8 @@ mod tests {
     fn oversized_payload_is_refused() {
         let (a, b) = UnixStream::pair().unwrap();
         let mut h = [0u8; 12];
-        h[0..4].copy_from_slice(&1u32.to_le_bytes());
-        h[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        h[0..4].copy_from_slice(&1u32.to_ne_bytes());
+        h[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_ne_bytes());
         (&a).write_all(&h).unwrap();
         let e = read_message(&b).unwrap_err();
         assert!(e.to_string().contains("payload"));

@@ -15,8 +15,9 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::backend::{Device, NetBackend};
+use crate::backend::NetBackend;
 use crate::counters::ReportEvent;
+use crate::device::Device;
 use crate::relay;
 
 /// Stops every device server: set, then each server's eventfd is written.

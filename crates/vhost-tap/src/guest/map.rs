@@ -15,6 +15,8 @@ use std::cell::Cell;
 use std::ptr::NonNull;
 
 use virtio_queue::desc::split::Descriptor;
+
+use super::MemError;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress,
@@ -130,7 +132,7 @@ impl<'m> GuestMap<'m> {
     }
 
     /// Write the used-ring element `{id, len}` at `at`.
-    pub fn write_used(&self, at: GuestAddress, id: u32, len: u32) -> Result<(), String> {
+    pub fn write_used(&self, at: GuestAddress, id: u32, len: u32) -> Result<(), MemError> {
         match self.host(at, 8) {
             Some(p) if p.as_ptr().align_offset(4) == 0 => {
                 let p = p.as_ptr().cast::<u32>();
@@ -148,13 +150,13 @@ impl<'m> GuestMap<'m> {
                 let elem = (u64::from(len) << 32 | u64::from(id)).to_le();
                 self.mem
                     .write_obj(elem, at)
-                    .map_err(|e| format!("cannot write used entry: {e}"))
+                    .map_err(|source| MemError::WriteUsed { addr: at.0, source })
             }
         }
     }
 
     /// Copy `bytes` into guest memory at `at`.
-    pub fn write(&self, at: GuestAddress, bytes: &[u8]) -> Result<(), String> {
+    pub fn write(&self, at: GuestAddress, bytes: &[u8]) -> Result<(), MemError> {
         match self.host(at, bytes.len()) {
             Some(p) => {
                 // SAFETY: `host` checked that `bytes.len()` bytes at `p` are
@@ -170,7 +172,11 @@ impl<'m> GuestMap<'m> {
             None => self
                 .mem
                 .write_slice(bytes, at)
-                .map_err(|e| format!("write to guest buffer failed: {e}")),
+                .map_err(|source| MemError::Write {
+                    addr: at.0,
+                    len: bytes.len(),
+                    source,
+                }),
         }
     }
 }

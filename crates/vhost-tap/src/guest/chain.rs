@@ -8,21 +8,19 @@
 //! log line. A chain that passes is a list of guest-memory segments, all
 //! inside mapped regions and all of one direction.
 
-use std::fmt;
-
+use virtio_bindings::virtio_ring::{
+    vring_desc, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, GuestAddress};
 
-use crate::guestmap::GuestMap;
+use super::map::GuestMap;
 
-/// `VRING_DESC_F_NEXT`
-const F_NEXT: u16 = 1;
-/// `VRING_DESC_F_WRITE`
-const F_WRITE: u16 = 2;
-/// `VRING_DESC_F_INDIRECT`
-const F_INDIRECT: u16 = 4;
+const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 /// Size of one split-ring descriptor.
-const DESC_SIZE: u64 = 16;
+const DESC_SIZE: u64 = std::mem::size_of::<vring_desc>() as u64;
 
 /// Which way the buffers of a chain must point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,63 +32,51 @@ pub enum Direction {
 }
 
 /// What is wrong with a chain. Each names the descriptor index it is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     /// A descriptor index at or beyond the table size.
+    #[error("descriptor index {index} is outside the table of {table_size} entries")]
     IndexOutOfRange { index: u16, table_size: u16 },
     /// More descriptors than the table holds: a loop or an absurd length.
+    #[error("chain from head {head} has more descriptors than its table (loop or absurd length)")]
     Loop { head: u16 },
     /// A descriptor of length 0.
+    #[error("descriptor {index} has length 0")]
     ZeroLength { index: u16 },
     /// A descriptor of the wrong direction for this queue.
+    #[error(
+        "descriptor {index} is {} but this queue needs {} buffers",
+        expected.opposite().buffers(),
+        expected.buffers()
+    )]
     WrongDirection { index: u16, expected: Direction },
     /// A buffer that is not entirely inside guest memory.
+    #[error("descriptor {index} points outside guest memory (addr {addr:#x}, len {len})")]
     OutsideMemory { index: u16, addr: u64, len: u32 },
     /// The descriptor table itself is not inside guest memory.
+    #[error("descriptor table at {addr:#x} is outside guest memory")]
     TableOutsideMemory { addr: u64 },
     /// An indirect descriptor that is malformed (nested, with NEXT, empty, misaligned or too long).
+    #[error("indirect descriptor {index}: {why}")]
     BadIndirect { index: u16, why: &'static str },
     /// The chain's total length overflows 32 bits.
+    #[error("chain from head {head} is longer than 4 GiB")]
     TooLong { head: u16 },
 }
 
-impl fmt::Display for ChainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Direction {
+    /// How the spec calls buffers of this direction.
+    fn buffers(self) -> &'static str {
         match self {
-            ChainError::IndexOutOfRange { index, table_size } => write!(
-                f,
-                "descriptor index {index} is outside the table of {table_size} entries"
-            ),
-            ChainError::Loop { head } => write!(
-                f,
-                "chain from head {head} has more descriptors than its table (loop or absurd length)"
-            ),
-            ChainError::ZeroLength { index } => write!(f, "descriptor {index} has length 0"),
-            ChainError::WrongDirection { index, expected } => write!(
-                f,
-                "descriptor {index} is {} but this queue needs {} buffers",
-                match expected {
-                    Direction::Readable => "device-writable",
-                    Direction::Writable => "device-readable",
-                },
-                match expected {
-                    Direction::Readable => "device-readable",
-                    Direction::Writable => "device-writable",
-                }
-            ),
-            ChainError::OutsideMemory { index, addr, len } => write!(
-                f,
-                "descriptor {index} points outside guest memory (addr {addr:#x}, len {len})"
-            ),
-            ChainError::TableOutsideMemory { addr } => {
-                write!(f, "descriptor table at {addr:#x} is outside guest memory")
-            }
-            ChainError::BadIndirect { index, why } => {
-                write!(f, "indirect descriptor {index}: {why}")
-            }
-            ChainError::TooLong { head } => {
-                write!(f, "chain from head {head} is longer than 4 GiB")
-            }
+            Direction::Readable => "device-readable",
+            Direction::Writable => "device-writable",
+        }
+    }
+
+    fn opposite(self) -> Direction {
+        match self {
+            Direction::Readable => Direction::Writable,
+            Direction::Writable => Direction::Readable,
         }
     }
 }

@@ -15,7 +15,7 @@
 //! Which buffer holds a slot's frame follows from the frame's length alone
 //! (stored in the ring): `len <= SMALL` in the arena, else the large buffer.
 
-use crate::datapath::BUF_SIZE;
+use super::vnet::BUF_SIZE;
 
 /// Bytes of a slot's compact buffer: a virtio-net header and a 1500-byte
 /// frame with room to spare.
@@ -28,9 +28,6 @@ pub struct Slots {
     arena: Box<[u8]>,
     big: Vec<Option<Box<[u8]>>>,
     overflow: Box<[u8]>,
-    /// The last frame read was long: read the next one straight into its
-    /// slot's large buffer (no move afterwards) until a short one comes.
-    expect_long: bool,
 }
 
 impl Slots {
@@ -39,16 +36,17 @@ impl Slots {
             arena: vec![0u8; n * STRIDE].into_boxed_slice(),
             big: (0..n).map(|_| None).collect(),
             overflow: vec![0u8; BUF_SIZE].into_boxed_slice(),
-            expect_long: false,
         }
     }
 
     /// Where a read into slot `i` goes (the first `count` iovecs),
     /// `BUF_SIZE` bytes in all (one spare byte beyond the largest frame, so
     /// a truncated read is recognisable): its compact buffer then the
-    /// overflow buffer, or, right after a long frame, its large buffer.
-    pub fn read_iovecs(&mut self, i: usize) -> ([libc::iovec; 2], usize) {
-        if self.expect_long {
+    /// overflow buffer, or, when the caller expects a long frame (the last
+    /// one was longer than [`SMALL`]), straight into its large buffer, so
+    /// that a run of long frames is not moved after every read.
+    pub fn read_iovecs(&mut self, i: usize, expect_long: bool) -> ([libc::iovec; 2], usize) {
+        if expect_long {
             let whole = libc::iovec {
                 iov_base: self.large(i).as_mut_ptr().cast(),
                 iov_len: BUF_SIZE,
@@ -63,12 +61,12 @@ impl Slots {
         ([small, self.overflow_iovec(BUF_SIZE - SMALL)], 2)
     }
 
-    /// After reading `n` bytes through `read_iovecs(i)`: put the frame where
-    /// [`Slots::frame`] looks for it (a long one in the large buffer, a short
-    /// one in the compact buffer) and remember which kind came.
-    pub fn settle(&mut self, i: usize, n: usize) {
+    /// After reading `n` bytes through `read_iovecs(i, expect_long)`: put
+    /// the frame where [`Slots::frame`] looks for it (a long one in the large
+    /// buffer, a short one in the compact buffer).
+    pub fn settle(&mut self, i: usize, n: usize, expect_long: bool) {
         let long = n > SMALL;
-        match (self.expect_long, long) {
+        match (expect_long, long) {
             (false, true) => {
                 let big = self.big[i].get_or_insert_with(|| vec![0u8; BUF_SIZE].into_boxed_slice());
                 big[..SMALL].copy_from_slice(&self.arena[i * STRIDE..i * STRIDE + SMALL]);
@@ -81,7 +79,6 @@ impl Slots {
             }
             _ => {}
         }
-        self.expect_long = long;
     }
 
     /// Slot `i`'s large buffer, allocated on first use.
@@ -157,13 +154,16 @@ mod tests {
         // short, long (through the overflow), short (read into the large
         // buffer, as right after a long one), long (through the overflow again).
         let frames = [(0, 60), (1, SMALL + 1), (2, SMALL), (3, BUF_SIZE - 1)];
+        // The caller expects a long frame right after one.
+        let mut expect_long = false;
         for (i, n) in frames {
             let data = pattern(n, i as u8);
-            let (iov, count) = s.read_iovecs(i);
+            let (iov, count) = s.read_iovecs(i, expect_long);
             let total: usize = iov[..count].iter().map(|v| v.iov_len).sum();
             assert_eq!(total, BUF_SIZE);
             scatter(&iov[..count], &data);
-            s.settle(i, n);
+            s.settle(i, n, expect_long);
+            expect_long = n > SMALL;
         }
         // The overflow buffer is shared: reading slot 3 last must not have
         // disturbed slot 1's settled frame.
@@ -176,15 +176,15 @@ mod tests {
     fn a_short_frame_read_into_the_large_buffer_is_found_again() {
         let mut s = Slots::new(2);
         let long = pattern(SMALL + 100, 1);
-        let (iov, count) = s.read_iovecs(0);
+        let (iov, count) = s.read_iovecs(0, false);
         scatter(&iov[..count], &long);
-        s.settle(0, long.len());
+        s.settle(0, long.len(), false);
         // Right after a long frame the read goes whole into the large buffer.
         let data = pattern(90, 3);
-        let (iov, count) = s.read_iovecs(1);
+        let (iov, count) = s.read_iovecs(1, true);
         assert_eq!(count, 1);
         scatter(&iov[..count], &data);
-        s.settle(1, 90);
+        s.settle(1, 90, true);
         assert!(s.frame(1, 90) == data);
     }
 

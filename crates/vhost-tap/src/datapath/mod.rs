@@ -1,0 +1,327 @@
+//! The data path of one queue pair: TAP reader, RX filler, TX drainer.
+//!
+//! ```text
+//!  TAP queue ──readv──► [TAP reader] ─produce─► ptr-ring ─peek/discard─► [RX filler] ──► guest RX chains
+//!   (rx_ring.rs)         stops at full ring      (slots.rs)  wakes the reader at half     (rx_buffers.rs)
+//!
+//!  direct, while nothing waits in the ring or the AQM (rx_direct.rs):
+//!  TAP queue ──readv into the guest's RX chains (gather → readv → settle)──► guest
+//!
+//!  guest TX chains ──► [TX drainer] ──writev from guest memory──► TAP queue   (tx.rs)
+//!                       EAGAIN/ENOBUFS: the chain stays in the ring, wait for EPOLLOUT
+//! ```
+//!
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | [`QueuePair`]: the state of one pair, and the entry points [`QueuePair::rx_run`] / [`QueuePair::tx_run`] the backend calls |
+//! | [`vnet`] | the virtio-net header layout and frame sizes (a leaf) |
+//! | `rx_ring.rs` | the ring path: TAP reader into the ring, RX filler out of it (or out of the AQM) |
+//! | `rx_direct.rs` | the direct path: TAP frames read straight into guest RX chains |
+//! | `rx_buffers.rs` | the guest's RX chains: gather for a frame, put back, ask for a kick |
+//! | `tx.rs` | the TX drainer |
+//! | `used.rs` | used-ring entries, published once per batch; interrupt decisions |
+//! | `aqm.rs` | FQ-CoDel mode's queue (glue to the `fq-codel` crate) |
+//! | [`slots`] | the ring's frame buffers |
+//! | [`tap_io`] | the TAP queue as a trait: the seam where tests inject errors |
+//!
+//! Reader and filler run on the queue pair's worker thread; the ring's
+//! stop/wake protocol is the one the kernel series uses between tun and
+//! vhost-net, so moving the reader to a thread of its own changes no rule.
+//! Frames live in slot-indexed buffers beside the ring: the reader owns
+//! buffer `i` while slot `i` is empty, the filler from its `peek` until its
+//! `discard_one`.
+//!
+//! Nothing here drops a frame for lack of room: a full ring stops the reader
+//! (the frame waits in the kernel), a guest without RX buffers leaves the
+//! frame in the ring, a full TAP leaves the chain in the guest's TX ring.
+//! The only drops are frames that can never be delivered, each counted.
+
+mod aqm;
+mod rx_buffers;
+mod rx_direct;
+mod rx_ring;
+pub mod slots;
+pub mod tap_io;
+mod tx;
+mod used;
+pub mod vnet;
+
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use log::{error, warn};
+use ptr_ring::{Consumer, Producer};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::counters::QueueCounters;
+use crate::guest::chain::{Chain, ChainError};
+use crate::guest::iovecs::IoVecs;
+use crate::guest::MemError;
+use aqm::Aqm;
+pub use aqm::QueuedFrame;
+use slots::Slots;
+pub use tap_io::{TapIo, TapQueue};
+use used::UsedBatch;
+pub use vnet::Negotiated;
+
+/// Frames moved per event before yielding to the other events of the worker.
+pub const BUDGET: usize = 256;
+
+/// Why a queue is broken: the guest (or its frontend) put something there
+/// that the data path cannot use. The queue is then left alone until the
+/// guest resets it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("bad avail ring: {0}")]
+    AvailRing(virtio_queue::Error),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Memory(#[from] MemError),
+    #[error("cannot {verb} notifications: {source}")]
+    Notifications {
+        verb: &'static str,
+        source: virtio_queue::Error,
+    },
+    #[error("more used entries pending ({pending}) than the queue holds ({size})")]
+    UsedOverrun { pending: u16, size: u16 },
+    #[error("{0} ring address overflows")]
+    RingAddress(&'static str),
+    #[error("cannot {what}: {source}")]
+    RingAccess {
+        what: &'static str,
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("the TAP could not write a frame into the guest's RX buffers: {0}")]
+    TapFault(io::Error),
+}
+
+/// What a pass of [`QueuePair::rx_run`] or [`QueuePair::tx_run`] leaves to
+/// its caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Pass {
+    /// The budget ran out with work left: run again after the worker's other events.
+    pub work_left: bool,
+    /// The guest wants an interrupt for what this pass published.
+    pub interrupt: bool,
+}
+
+/// One queue pair's state, owned by its worker thread (behind a mutex that
+/// only that thread takes in steady state).
+pub struct QueuePair {
+    pub index: usize,
+    tap: Arc<dyn TapIo>,
+    producer: Producer,
+    consumer: Consumer,
+    /// Frame buffers, indexed by ring slot.
+    slots: Slots,
+    /// FQ-CoDel mode: the standing queue, kept here instead of in the kernel.
+    aqm: Option<Aqm>,
+    pub counters: Arc<QueueCounters>,
+    /// The TAP fd may have frames (edge-triggered epoll: set on EPOLLIN, cleared on EAGAIN).
+    tap_readable: bool,
+    /// A TAP write returned EAGAIN/ENOBUFS; TX waits for EPOLLOUT.
+    tx_blocked: bool,
+    /// The guest broke a queue; it is left alone until the next connection.
+    rx_broken: bool,
+    tx_broken: bool,
+    /// Whether we last asked the guest for kicks on the RX / TX queue. A
+    /// queue starts with them on; the worker turns them off while it works
+    /// and on again only when it must wait for the guest (RX: no buffers;
+    /// TX: ring empty). Matters to guests without EVENT_IDX (DPDK's virtio
+    /// PMD): they kick after every burst while kicks are on.
+    rx_kicks_on: bool,
+    tx_kicks_on: bool,
+    /// Scratch space, reused for every frame.
+    chains: Vec<Chain>,
+    /// Used entries written but not yet published (one index update per
+    /// batch), one per vring.
+    rx_used: UsedBatch,
+    tx_used: UsedBatch,
+    iov: IoVecs,
+    /// How long the last frame read was; both RX paths size reads by it.
+    last_frame: vnet::LastFrame,
+}
+
+impl QueuePair {
+    /// `aqm`: `Some` for FQ-CoDel mode, `None` for backpressure mode.
+    pub fn new(
+        index: usize,
+        tap: Arc<dyn TapIo>,
+        ring_size: usize,
+        aqm: Option<fq_codel::FqCodel<QueuedFrame>>,
+    ) -> Self {
+        let (producer, consumer) = ptr_ring::ring(ring_size);
+        QueuePair {
+            index,
+            tap,
+            producer,
+            consumer,
+            slots: Slots::new(ring_size),
+            aqm: aqm.map(Aqm::new),
+            counters: Arc::new(QueueCounters::default()),
+            tap_readable: true,
+            tx_blocked: false,
+            rx_broken: false,
+            tx_broken: false,
+            rx_kicks_on: true,
+            tx_kicks_on: true,
+            chains: Vec::new(),
+            rx_used: UsedBatch::default(),
+            tx_used: UsedBatch::default(),
+            iov: IoVecs::default(),
+            last_frame: vnet::LastFrame::default(),
+        }
+    }
+
+    /// Forget the per-connection state (broken queues, TX waiting); frames in
+    /// the ring stay for the next guest.
+    pub fn reset_for_connection(&mut self) {
+        self.tap_readable = true;
+        self.tx_blocked = false;
+        self.rx_broken = false;
+        self.tx_broken = false;
+        self.rx_kicks_on = true;
+        self.tx_kicks_on = true;
+    }
+
+    /// Count the frames still in the ring (and the AQM) as lost (daemon shutdown).
+    pub fn drop_ring_at_shutdown(&mut self) {
+        let mut n = 0;
+        while self.consumer.consume().is_some() {
+            n += 1;
+        }
+        if let Some(aqm) = &mut self.aqm {
+            n += aqm.clear() as u64;
+            aqm.publish(&self.counters);
+        }
+        QueueCounters::add(&self.counters.rx_dropped_shutdown, n);
+    }
+
+    /// The TAP fd reported EPOLLIN.
+    pub fn tap_readable(&mut self) {
+        self.tap_readable = true;
+    }
+
+    /// The TAP fd reported EPOLLOUT.
+    pub fn tap_writable(&mut self) {
+        self.tx_blocked = false;
+    }
+
+    /// Move frames TAP → guest until neither side can progress or the
+    /// budget runs out: frames waiting in the ring (or the AQM) first, then
+    /// straight from the TAP while nothing waits, then through the ring.
+    /// `ready`: the guest's RX queue is set up and enabled; until it is, the
+    /// reader still fills the ring (and stops when it is full).
+    pub fn rx_run(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+        ready: bool,
+    ) -> Pass {
+        let map = &crate::guest::map::GuestMap::new(mem);
+        let mut moved = 0usize;
+        if ready && !self.rx_broken && self.rx_kicks_on {
+            // Kicks only matter while we wait for buffers (re-armed then).
+            match queue.disable_notification(mem) {
+                Ok(()) => self.rx_kicks_on = false,
+                Err(source) => self.break_rx(&QueueError::Notifications {
+                    verb: "disable",
+                    source,
+                }),
+            }
+        }
+        let work_left = loop {
+            if ready && !self.rx_broken {
+                moved += self.fill_guest(queue, map, neg);
+            }
+            if moved >= BUDGET {
+                break true;
+            }
+            // Nothing waits in the ring or the AQM and the guest has
+            // buffers: read frames straight into them (no copy of ours).
+            let mut read = 0;
+            if ready && !self.rx_broken && self.nothing_waiting() {
+                read = self.read_tap_direct(queue, map, neg, BUDGET - moved);
+                moved += read;
+                if moved >= BUDGET {
+                    break true;
+                }
+            }
+            let from_ring_path = self.read_tap_into_ring(neg, BUDGET - moved);
+            moved += from_ring_path;
+            read += from_ring_path;
+            if read == 0 {
+                break false;
+            }
+        };
+        if let Some(aqm) = &self.aqm {
+            aqm.publish(&self.counters);
+        }
+        let interrupt = match self.rx_used.needs_notification(queue, mem) {
+            Ok(s) => s,
+            Err(e) => {
+                self.break_rx(&e);
+                false
+            }
+        };
+        Pass {
+            work_left,
+            interrupt,
+        }
+    }
+
+    /// Whether no frame waits in the ring or the AQM, so that one read now
+    /// may go to the guest without overtaking another.
+    fn nothing_waiting(&self) -> bool {
+        self.consumer.is_empty() && self.aqm.as_ref().is_none_or(Aqm::is_empty)
+    }
+
+    /// A TAP read failed with something other than "try again": log it,
+    /// wait for the next edge. EFAULT means the kernel dequeued a frame it
+    /// could not copy out: lost, and counted.
+    fn read_failed(&mut self, e: &io::Error) {
+        if e.raw_os_error() == Some(libc::EFAULT) {
+            QueueCounters::add(&self.counters.rx_dropped_read_fault, 1);
+        }
+        warn!(
+            "tap: {} queue {}: read failed: {e}",
+            self.tap.name(),
+            self.index
+        );
+        self.tap_readable = false;
+    }
+
+    fn break_rx(&mut self, why: &QueueError) {
+        self.rx_broken = true;
+        self.report_broken("RX", &self.counters.rx_queue_broken, why);
+    }
+
+    fn break_tx(&mut self, why: &QueueError) {
+        self.tx_broken = true;
+        self.report_broken("TX", &self.counters.tx_queue_broken, why);
+    }
+
+    /// The one log line and counter of a queue the guest broke.
+    fn report_broken(&self, dir: &str, counter: &AtomicU64, why: &QueueError) {
+        error!(
+            "{}: {} queue {}: guest {dir} queue broken, not served until the guest resets it: {why}",
+            dir.to_lowercase(),
+            self.tap.name(),
+            self.index
+        );
+        QueueCounters::add(counter, 1);
+    }
+
+    /// Whether the RX / TX queue is broken (for tests and reports).
+    pub fn broken(&self) -> (bool, bool) {
+        (self.rx_broken, self.tx_broken)
+    }
+}
+
+#[cfg(test)]
+mod tests;

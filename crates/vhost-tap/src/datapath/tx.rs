@@ -1,0 +1,233 @@
+//! The TX drainer: guest TX chains are checked, then written to the TAP
+//! with `writev` straight from guest memory (no copy in userspace). A frame
+//! the TAP refuses for now (EAGAIN/ENOBUFS) stays in the guest's ring and
+//! TX waits for EPOLLOUT, so the guest's own qdisc sees a stopped queue.
+
+use std::io;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::rx_buffers::Table;
+use super::used::UsedRing;
+use super::vnet::Negotiated;
+use super::{Pass, QueueError, QueuePair, BUDGET};
+use crate::counters::QueueCounters;
+use crate::guest::chain::{self, Chain, Direction};
+use crate::guest::iovecs::guest_iovecs;
+use crate::guest::map::GuestMap;
+
+/// What became of one TX chain.
+enum Sent {
+    /// The TAP took the frame.
+    Frame,
+    /// Dropped and counted (invalid length, or the TAP refused it for good);
+    /// the chain is returned to the guest.
+    Dropped,
+    /// The TAP is full: the chain stays in the guest's ring.
+    TapFull,
+}
+
+/// How a drain loop ended.
+enum Drained {
+    /// The guest's ring is empty (and kicks are on again).
+    Empty,
+    /// The budget ran out with chains left.
+    Budget,
+    /// The TAP is full; EPOLLOUT resumes.
+    TapFull,
+}
+
+impl QueuePair {
+    /// Drain guest TX chains into the TAP until the ring is empty, the TAP
+    /// is full or the budget runs out; publish the used entries once.
+    pub fn tx_run(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap<()>,
+        neg: Negotiated,
+    ) -> Pass {
+        if self.tx_broken || self.tx_blocked {
+            return Pass::default();
+        }
+        let map = &GuestMap::new(mem);
+        let mut frames = 0u64;
+        let mut bytes = 0u64;
+        let drained = self.tx_drain(queue, map, neg, &mut frames, &mut bytes);
+        QueueCounters::add(&self.counters.tx_frames, frames);
+        QueueCounters::add(&self.counters.tx_bytes, bytes);
+        let work_left = match drained {
+            Ok(Drained::Budget) => true,
+            Ok(Drained::TapFull) => {
+                self.tx_blocked = true;
+                QueueCounters::add(&self.counters.tx_tap_full, 1);
+                false
+            }
+            Ok(Drained::Empty) => false,
+            Err(e) => {
+                self.break_tx(&e);
+                false
+            }
+        };
+        // One used-index update for the whole batch.
+        if let Err(e) = self.tx_used.publish(queue, mem) {
+            self.break_tx(&e);
+        }
+        let interrupt = match self.tx_used.needs_notification(queue, mem) {
+            Ok(s) => s,
+            Err(e) => {
+                self.break_tx(&e);
+                false
+            }
+        };
+        Pass {
+            work_left,
+            interrupt,
+        }
+    }
+
+    /// The loop of `tx_run`, with kicks off while it drains. `Err`: the
+    /// guest broke the queue.
+    fn tx_drain(
+        &mut self,
+        queue: &mut Queue,
+        map: &GuestMap<'_>,
+        neg: Negotiated,
+        frames: &mut u64,
+        bytes: &mut u64,
+    ) -> Result<Drained, QueueError> {
+        let mem = map.mem();
+        let notifications = |verb| move |source| QueueError::Notifications { verb, source };
+        if self.tx_kicks_on {
+            // No kicks while we drain; turned on again when the ring looks empty.
+            queue
+                .disable_notification(mem)
+                .map_err(notifications("disable"))?;
+            self.tx_kicks_on = false;
+        }
+        let table = Table::of(queue);
+        let mut chain = self.chains.pop().unwrap_or_default();
+        let mut done = 0;
+        let drained = loop {
+            let used = UsedRing::of(queue);
+            let r = self.tx_pass(
+                queue, map, table, &used, neg, &mut chain, &mut done, frames, bytes,
+            );
+            match r {
+                Ok(None) => {}
+                Ok(Some(end)) => break Ok(end),
+                Err(e) => break Err(e),
+            }
+            // The ring looked empty: publish, ask for a kick, look once more.
+            if let Err(e) = self.tx_used.publish(queue, mem) {
+                break Err(e);
+            }
+            self.tx_kicks_on = true;
+            match queue.enable_notification(mem) {
+                Ok(true) => {
+                    // More came meanwhile: drain it with kicks off again.
+                    if let Err(e) = queue.disable_notification(mem) {
+                        break Err(notifications("disable")(e));
+                    }
+                    self.tx_kicks_on = false;
+                }
+                Ok(false) => break Ok(Drained::Empty),
+                Err(e) => break Err(notifications("enable")(e)),
+            }
+        };
+        self.chains.push(chain);
+        drained
+    }
+
+    /// One pass over the chains the avail index shows now. `Ok(None)`: the
+    /// ring looked empty at the end; `Ok(Some(_))`: stopped early.
+    #[allow(clippy::too_many_arguments)]
+    fn tx_pass(
+        &mut self,
+        queue: &mut Queue,
+        map: &GuestMap<'_>,
+        table: Table,
+        used: &UsedRing,
+        neg: Negotiated,
+        chain: &mut Chain,
+        done: &mut usize,
+        frames: &mut u64,
+        bytes: &mut u64,
+    ) -> Result<Option<Drained>, QueueError> {
+        // One avail-index read per pass, not per chain.
+        let mut iter = queue.iter(map.mem()).map_err(QueueError::AvailRing)?;
+        while let Some(dc) = iter.next() {
+            if *done >= BUDGET {
+                iter.go_to_previous_position();
+                return Ok(Some(Drained::Budget));
+            }
+            chain::walk(
+                map,
+                table.addr,
+                table.size,
+                dc.head_index(),
+                Direction::Readable,
+                chain,
+            )?;
+            match self.send(map, chain, neg)? {
+                Sent::Frame => {
+                    *frames += 1;
+                    *bytes += (chain.total_len as usize - neg.hdr_len) as u64;
+                }
+                Sent::Dropped => {}
+                Sent::TapFull => {
+                    // The chain stays in the guest's ring; EPOLLOUT resumes.
+                    iter.go_to_previous_position();
+                    return Ok(Some(Drained::TapFull));
+                }
+            }
+            self.tx_used.push(used, map, chain.head, 0)?;
+            *done += 1;
+        }
+        Ok(None)
+    }
+
+    /// Check one chain's length and `writev` it straight from guest memory.
+    fn send(
+        &mut self,
+        map: &GuestMap<'_>,
+        chain: &Chain,
+        neg: Negotiated,
+    ) -> Result<Sent, QueueError> {
+        let total = chain.total_len as usize;
+        let invalid = if total < neg.min_len() {
+            Some(&self.counters.tx_dropped_too_short)
+        } else if total > neg.max_len() {
+            Some(&self.counters.tx_dropped_too_big)
+        } else {
+            None
+        };
+        if let Some(counter) = invalid {
+            QueueCounters::add(counter, 1);
+            log::debug!(
+                "tx: queue {}: dropped a {total}-byte chain (invalid length)",
+                self.index
+            );
+            return Ok(Sent::Dropped);
+        }
+        self.iov.0.clear();
+        guest_iovecs(map, std::slice::from_ref(chain), &mut self.iov.0)?;
+        loop {
+            // SAFETY: every iovec was built just above by `guest_iovecs`,
+            // each inside one mapped region of the memory `map` borrows (so
+            // the mapping outlives this call); writev only reads them.
+            let r = unsafe { self.tap.writev(&self.iov.0) };
+            return Ok(match r {
+                Ok(_) => Sent::Frame,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::TapFull,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Sent::TapFull,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    QueueCounters::add(&self.counters.tx_dropped_tap_error, 1);
+                    log::debug!("tx: queue {}: the TAP refused a frame: {e}", self.index);
+                    Sent::Dropped
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! What a device is, as the control plane and the data path need it: the
+//! queue mode and its FQ-CoDel parameters, queue counts and sizes, the MAC
+//! and MTU the guest sees.
+//!
+//! These types sit below both the configuration parser (which produces them
+//! from the command line or a file) and the backend (which runs a device by
+//! them), so the backend never reaches back up into the daemon's parser.
+
+#![deny(unsafe_code)]
+
+/// How the daemon keeps the queue of host → guest traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Stop reading the TAP while the ring is full (IFF_BACKPRESSURE when the kernel has it).
+    Backpressure,
+    /// Keep draining the TAP; the standing queue waits in a userspace FQ-CoDel.
+    FqCodel,
+    /// Backpressure if the kernel offers IFF_BACKPRESSURE and the TAP has a qdisc, else FQ-CoDel.
+    Auto,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode, String> {
+        match s {
+            "backpressure" => Ok(Mode::Backpressure),
+            "fq-codel" => Ok(Mode::FqCodel),
+            "auto" => Ok(Mode::Auto),
+            _ => Err(format!(
+                "unknown mode \"{s}\"; expected \"auto\", \"fq-codel\" or \"backpressure\""
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Backpressure => "backpressure",
+            Mode::FqCodel => "fq-codel",
+            Mode::Auto => "auto",
+        }
+    }
+}
+
+/// FQ-CoDel parameters (RFC 8290 defaults; target 5 ms and interval 100 ms are fixed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FqSettings {
+    pub flows: usize,
+    pub limit: usize,
+    pub memory_limit: usize,
+    pub ecn: bool,
+}
+
+/// What a device is, independent of any connection.
+#[derive(Clone, Debug)]
+pub struct DeviceSettings {
+    pub name: String,
+    pub queue_pairs: usize,
+    pub queue_size: u16,
+    pub ring_size: usize,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    /// The queue mode in effect, after `auto` was resolved.
+    pub mode: Mode,
+    /// FQ-CoDel parameters, for `Mode::FqCodel`.
+    pub fq: FqSettings,
+}
+
+impl DeviceSettings {
+    /// The FQ-CoDel configuration of one queue pair, if the mode uses it.
+    pub fn aqm(&self) -> Option<fq_codel::Config> {
+        (self.mode == Mode::FqCodel).then(|| fq_codel::Config {
+            flows: self.fq.flows,
+            limit: self.fq.limit,
+            memory_limit: self.fq.memory_limit,
+            // DRR quantum: one full frame (MTU + Ethernet header), as RFC 8290 sets it.
+            quantum: usize::from(self.mtu) + 14,
+            ecn: self.fq.ecn,
+            seed: seed(),
+            ..fq_codel::Config::default()
+        })
+    }
+}
+
+/// A per-process hash perturbation for FQ-CoDel's flow hashing, so flows
+/// cannot be steered into one bucket by someone who knows the hash.
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}
