@@ -1,6 +1,6 @@
 //! `vhost-tap`: the daemon binary. Command line, logging, signals.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
@@ -64,12 +64,47 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
-fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, String> {
+/// Why the daemon could not start. Exit status 2 for a usage or
+/// configuration error, 1 for the rest.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("give --socket PATH and --tap NAME, or --config FILE")]
+    Usage,
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot create the private socket directory: {0}")]
+    PrivateDir(std::io::Error),
+    #[error("{tap}: TAP: {source}")]
+    Tap { tap: String, source: tap::Error },
+    #[error("{tap}: {source}")]
+    Device {
+        tap: String,
+        source: vhost_tap::device::DeviceError,
+    },
+    #[error("{tap}: {source}")]
+    Server {
+        tap: String,
+        source: server::ServerError,
+    },
+    #[error("{tap}: cannot start the device's thread: {source}")]
+    Thread { tap: String, source: std::io::Error },
+}
+
+impl StartError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            StartError::Usage | StartError::Config(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, StartError> {
     if let Some(path) = &cli.config {
-        return config::load_file(path).map_err(|e| e.to_string());
+        return Ok(config::load_file(path)?);
     }
     let (Some(socket), Some(tap)) = (&cli.socket, &cli.tap) else {
-        return Err("give --socket PATH and --tap NAME, or --config FILE".into());
+        return Err(StartError::Usage);
     };
     fn s<T>(v: T) -> Option<Spanned<T>> {
         Some(Spanned::new(0..0, v))
@@ -89,7 +124,7 @@ fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, String> {
         fq_memory_limit: s(cli.fq_memory_limit),
         fq_ecn: s(cli.fq_ecn),
     };
-    raw.check_cli().map(|d| vec![d]).map_err(|e| e.to_string())
+    Ok(vec![raw.check_cli()?])
 }
 
 /// Block the signals we handle in every thread; the main thread takes them with sigwait.
@@ -160,7 +195,7 @@ fn resolve_mode(mode: Mode, t: &tap::Tap) -> (Mode, String) {
     }
 }
 
-fn open_device(d: &DeviceConfig) -> Result<Device, String> {
+fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
     let cfg = tap::TapConfig {
         name: d.tap.clone(),
         queues: d.queues,
@@ -174,7 +209,10 @@ fn open_device(d: &DeviceConfig) -> Result<Device, String> {
         mtu: Some(u32::from(d.mtu)),
         persist: None,
     };
-    let t = tap::Tap::open(&cfg).map_err(|e| format!("TAP {}: {e}", d.tap))?;
+    let t = tap::Tap::open(&cfg).map_err(|source| StartError::Tap {
+        tap: d.tap.clone(),
+        source,
+    })?;
     if t.created() {
         // A TAP created anew at every start keeps one host-side MAC (fe:54:00
         // + a hash of its name, like the guest's default), so the host's and
@@ -204,7 +242,10 @@ fn open_device(d: &DeviceConfig) -> Result<Device, String> {
         mode,
         fq: d.fq,
     };
-    Device::new(settings, t).map_err(|e| format!("{}: {e}", d.tap))
+    Device::new(settings, t).map_err(|source| StartError::Device {
+        tap: d.tap.clone(),
+        source,
+    })
 }
 
 fn main() -> ExitCode {
@@ -212,49 +253,29 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
-    let devs = match devices(&cli) {
-        Ok(d) => d,
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sigs = block_signals();
-    let stop = Stop::new();
-    let dir = match server::private_dir() {
-        Ok(d) => d,
-        Err(e) => {
-            error!("cannot create the private socket directory: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut servers = Vec::new();
-    for d in &devs {
-        let device = match open_device(d) {
-            Ok(dev) => Arc::new(dev),
-            Err(e) => {
-                error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        match DeviceServer::new(device, d.socket.clone(), stop.clone(), dir.clone()) {
-            Ok(s) => servers.push(Arc::new(s)),
-            Err(e) => {
-                error!("{}: {e}", d.tap);
-                return ExitCode::FAILURE;
-            }
+            e.exit_code()
         }
     }
-    let threads: Vec<_> = servers
-        .iter()
-        .map(|s| {
-            let s = s.clone();
-            thread::Builder::new()
-                .name(format!("dev-{}", s.device.settings.name))
-                .spawn(move || s.run())
-                .expect("spawning a device thread")
-        })
-        .collect();
+}
+
+/// Open every device, serve them until SIGTERM/SIGINT, shut down cleanly.
+fn run(cli: &Cli) -> Result<(), StartError> {
+    let devs = devices(cli)?;
+    let sigs = block_signals();
+    let stop = Stop::new();
+    let dir = server::private_dir().map_err(StartError::PrivateDir)?;
+    let started = start_servers(&devs, &stop, &dir);
+    let (servers, threads) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
 
     loop {
         match wait_signal(&sigs) {
@@ -269,13 +290,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    stop.request();
-    for s in &servers {
-        s.interrupt();
-    }
-    for t in threads {
-        let _ = t.join();
-    }
+    stop_servers(&stop, &servers, threads);
     for s in servers {
         for i in 0..s.device.pairs.len() {
             s.device.pair(i).drop_ring_at_shutdown();
@@ -283,5 +298,56 @@ fn main() -> ExitCode {
         s.device.log_report(ReportEvent::Exit, "final counters");
     }
     let _ = std::fs::remove_dir_all(&dir);
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+type Servers = (Vec<Arc<DeviceServer>>, Vec<thread::JoinHandle<()>>);
+
+/// Open every device and start its server thread; on failure, stop those
+/// already started.
+fn start_servers(
+    devs: &[DeviceConfig],
+    stop: &Arc<Stop>,
+    dir: &Path,
+) -> Result<Servers, StartError> {
+    let mut servers = Vec::new();
+    let mut threads = Vec::new();
+    let mut start = |d: &DeviceConfig| -> Result<(), StartError> {
+        let device = Arc::new(open_device(d)?);
+        let s = DeviceServer::new(device, d.socket.clone(), stop.clone(), dir.to_path_buf())
+            .map(Arc::new)
+            .map_err(|source| StartError::Server {
+                tap: d.tap.clone(),
+                source,
+            })?;
+        let runner = s.clone();
+        let t = thread::Builder::new()
+            .name(format!("dev-{}", d.tap))
+            .spawn(move || runner.run())
+            .map_err(|source| StartError::Thread {
+                tap: d.tap.clone(),
+                source,
+            })?;
+        servers.push(s);
+        threads.push(t);
+        Ok(())
+    };
+    for d in devs {
+        if let Err(e) = start(d) {
+            stop_servers(stop, &servers, threads);
+            return Err(e);
+        }
+    }
+    Ok((servers, threads))
+}
+
+/// Ask every server to stop, cut their connections, wait for their threads.
+fn stop_servers(stop: &Stop, servers: &[Arc<DeviceServer>], threads: Vec<thread::JoinHandle<()>>) {
+    stop.request();
+    for s in servers {
+        s.interrupt();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
 }

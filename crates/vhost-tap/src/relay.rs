@@ -479,9 +479,7 @@ fn relay(front: UnixStream, back: UnixStream, name: &str) -> Result<(), RelayErr
     })();
     let _ = back_shut.shutdown(std::net::Shutdown::Both);
     let _ = front.shutdown(std::net::Shutdown::Both);
-    let r2 = replies
-        .join()
-        .unwrap_or(Err(RelayError::RepliesPanicked));
+    let r2 = replies.join().unwrap_or(Err(RelayError::RepliesPanicked));
     if let Err(e) = &r {
         warn!("{name}: {e}");
     }
@@ -579,7 +577,9 @@ mod tests {
         ));
         match f.on_request(fdmsg(SET_VRING_CALL, 1)) {
             // The last early request for vring 1 (enable) wins.
-            Action::ForwardThen(_, replay) => assert_eq!(replay[0].payload, enable(1, 1, 0).payload),
+            Action::ForwardThen(_, replay) => {
+                assert_eq!(replay[0].payload, enable(1, 1, 0).payload)
+            }
             other => panic!("expected the replay for vring 1, got {other:?}"),
         }
         // Replayed once only.
@@ -637,5 +637,59 @@ mod tests {
         (&a).write_all(&h).unwrap();
         let e = read_message(&b).unwrap_err();
         assert!(e.to_string().contains("payload"));
+    }
+
+    #[test]
+    fn unknown_and_short_requests_pass_through() {
+        let mut f = Filter::default();
+        assert!(matches!(
+            f.on_request(msg(0xdead, VERSION_1, vec![1, 2, 3])),
+            Action::Forward(m) if m.request == 0xdead && m.payload == [1, 2, 3]
+        ));
+        // Too short to name a vring and a state: not held, the dispatcher judges it.
+        assert!(matches!(
+            f.on_request(msg(SET_VRING_ENABLE, VERSION_1, vec![0; 4])),
+            Action::Forward(_)
+        ));
+        assert!(f.early_enables.is_empty());
+    }
+
+    #[test]
+    fn relay_error_becomes_an_io_error_of_the_same_kind() {
+        let e = io::Error::from(RelayError::WriteDispatcher(io::Error::from(
+            io::ErrorKind::BrokenPipe,
+        )));
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(e
+            .to_string()
+            .contains("passing a request to the dispatcher"));
+        let e = io::Error::from(RelayError::RepliesPanicked);
+        assert_eq!(e.kind(), io::ErrorKind::Other);
+    }
+
+    #[test]
+    fn run_relays_both_ways_and_names_the_failing_side() {
+        let (front_peer, front) = UnixStream::pair().unwrap();
+        let (back, back_peer) = UnixStream::pair().unwrap();
+        let relay = thread::spawn(move || run(front, back, "t"));
+        // A request goes through, its reply comes back.
+        let get = msg(FrontendReq::GET_FEATURES.into(), VERSION_1, Vec::new());
+        write_message(&front_peer, &get).unwrap();
+        let got = read_message(&back_peer).unwrap().unwrap();
+        assert_eq!((got.request, got.payload.len()), (get.request, 0));
+        let reply = msg(get.request, VERSION_1 | REPLY, 7u64.to_ne_bytes().to_vec());
+        write_message(&back_peer, &reply).unwrap();
+        let got = read_message(&front_peer).unwrap().unwrap();
+        assert_eq!((got.flags, got.payload), (reply.flags, reply.payload));
+        // Then the frontend breaks the protocol.
+        let h: Header = [get.request, VERSION_1, MAX_PAYLOAD + 1];
+        (&front_peer).write_all(ByteValued::as_slice(&h)).unwrap();
+        let e = relay.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string()
+                .contains("reading a request from the frontend"),
+            "{e}"
+        );
     }
 }

@@ -20,6 +20,30 @@ use crate::counters::ReportEvent;
 use crate::device::Device;
 use crate::relay;
 
+/// Why a device cannot listen, or why one connection ended in error (the
+/// device then listens again).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: PathBuf, source: io::Error },
+    #[error("cannot create the server's wake-up eventfd: {0}")]
+    WakeEvent(io::Error),
+    #[error("cannot set up the backend for the connection: {0}")]
+    Backend(io::Error),
+    #[error("cannot create the vhost-user handler: {0}")]
+    Handler(vhost_user_backend::Error),
+    #[error("cannot add the TAP and resume events to the workers: {0}")]
+    Register(io::Error),
+    #[error("cannot open the dispatcher's socket {path}: {source}")]
+    InnerSocket { path: PathBuf, source: io::Error },
+    #[error("cannot start the dispatcher: {0}")]
+    Dispatcher(vhost_user_backend::Error),
+    #[error("cannot keep a handle on the frontend's socket: {0}")]
+    Frontend(io::Error),
+    #[error("{0}")]
+    Relay(io::Error),
+}
+
 /// Stops every device server: set, then each server's eventfd is written.
 pub struct Stop {
     requested: AtomicBool,
@@ -85,18 +109,16 @@ impl DeviceServer {
         socket: PathBuf,
         stop: Arc<Stop>,
         private_dir: PathBuf,
-    ) -> io::Result<DeviceServer> {
-        let listener = bind(&socket).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", socket.display()),
-            )
+    ) -> Result<DeviceServer, ServerError> {
+        let listener = bind(&socket).map_err(|source| ServerError::Listen {
+            path: socket.clone(),
+            source,
         })?;
         Ok(DeviceServer {
             device,
             socket,
             listener,
-            wake: EventFd::new(EFD_NONBLOCK)?,
+            wake: EventFd::new(EFD_NONBLOCK).map_err(ServerError::WakeEvent)?,
             stop,
             active: Mutex::new(None),
             private_dir,
@@ -197,26 +219,33 @@ impl DeviceServer {
         let _ = std::fs::remove_file(&self.socket);
     }
 
-    fn serve_connection(&self, front: UnixStream, n: u64) -> io::Result<()> {
+    fn serve_connection(&self, front: UnixStream, n: u64) -> Result<(), ServerError> {
         let name = self.name().to_string();
-        let backend = Arc::new(NetBackend::new(self.device.clone())?);
+        let backend = Arc::new(NetBackend::new(self.device.clone()).map_err(ServerError::Backend)?);
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::<()>::new());
         let mut daemon = VhostUserDaemon::new(name.clone(), backend.clone(), mem)
-            .map_err(|e| io::Error::other(format!("cannot create the vhost-user handler: {e}")))?;
-        backend.register(&daemon.get_epoll_handlers())?;
+            .map_err(ServerError::Handler)?;
+        backend
+            .register(&daemon.get_epoll_handlers())
+            .map_err(ServerError::Register)?;
 
         // The dispatcher accepts on a socket in our private directory; the
         // relay connects to it and sits between it and the frontend.
         let inner_path = self.private_dir.join(format!("{name}.{n}.sock"));
         let _ = std::fs::remove_file(&inner_path);
-        let inner = UnixListener::bind(&inner_path)?;
-        let back = UnixStream::connect(&inner_path)?;
+        let inner_err = |source| ServerError::InnerSocket {
+            path: inner_path.clone(),
+            source,
+        };
+        let inner = UnixListener::bind(&inner_path).map_err(inner_err)?;
+        let back = UnixStream::connect(&inner_path).map_err(inner_err)?;
         let mut listener = Listener::from(inner);
         let started = daemon.start(&mut listener);
         let _ = std::fs::remove_file(&inner_path);
-        started.map_err(|e| io::Error::other(format!("cannot start the dispatcher: {e}")))?;
+        started.map_err(ServerError::Dispatcher)?;
 
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(front.try_clone()?);
+        let handle = front.try_clone().map_err(ServerError::Frontend)?;
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         if self.stop.requested() {
             let _ = front.shutdown(std::net::Shutdown::Both);
         }
@@ -228,6 +257,6 @@ impl DeviceServer {
             warn!("{name}: vhost-user session ended: {e}");
         }
         drop(daemon);
-        relayed
+        relayed.map_err(ServerError::Relay)
     }
 }
