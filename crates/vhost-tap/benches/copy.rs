@@ -38,24 +38,21 @@ fn desc(mem: &GuestMemoryMmap<()>, i: u16, addr: u64, len: u32, flags: u16, next
         .unwrap();
 }
 
+/// Walk the chain at descriptor 0 again and again.
+fn bench_walk(b: Bencher, mem: &GuestMemoryMmap<()>, dir: Direction) {
+    let mut c = Chain::default();
+    let map = GuestMap::new(mem);
+    b.bench_local(|| {
+        chain::walk(&map, GuestAddress(TABLE), QSIZE, 0, dir, &mut c).unwrap();
+        black_box(c.total_len)
+    });
+}
+
 #[divan::bench]
 fn walk_rx_chain_1_desc(b: Bencher) {
     let mem = memory();
     desc(&mem, 0, DATA, 2048, 2, 0); // WRITE
-    let mut c = Chain::default();
-    let map = GuestMap::new(&mem);
-    b.bench_local(|| {
-        chain::walk(
-            &map,
-            GuestAddress(TABLE),
-            QSIZE,
-            0,
-            Direction::Writable,
-            &mut c,
-        )
-        .unwrap();
-        black_box(c.total_len)
-    });
+    bench_walk(b, &mem, Direction::Writable);
 }
 
 #[divan::bench]
@@ -63,20 +60,7 @@ fn walk_tx_chain_2_descs(b: Bencher) {
     let mem = memory();
     desc(&mem, 0, DATA, 12, 1, 1); // NEXT
     desc(&mem, 1, DATA + 12, 64, 0, 0);
-    let mut c = Chain::default();
-    let map = GuestMap::new(&mem);
-    b.bench_local(|| {
-        chain::walk(
-            &map,
-            GuestAddress(TABLE),
-            QSIZE,
-            0,
-            Direction::Readable,
-            &mut c,
-        )
-        .unwrap();
-        black_box(c.total_len)
-    });
+    bench_walk(b, &mem, Direction::Readable);
 }
 
 /// Copy a `len`-byte frame with `write`, rotating over 256 guest buffers of

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::settings::{FqSettings, Mode};
+use crate::settings::{DeviceSettings, FqSettings, Mode};
 
 /// Defaults, named.
 pub const DEFAULT_QUEUES: usize = 1;
@@ -31,14 +31,9 @@ const MIN_FQ_MEMORY_LIMIT: i64 = 65536;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
     pub socket: PathBuf,
-    pub tap: String,
-    pub queues: usize,
-    pub queue_size: u16,
-    pub ring_size: usize,
-    pub mac: [u8; 6],
-    pub mtu: u16,
-    pub mode: Mode,
-    pub fq: FqSettings,
+    /// The device as the backend runs it: `name` is the TAP's name, `mode`
+    /// the mode asked for (`Auto` is resolved when the TAP is open).
+    pub device: DeviceSettings,
     pub txqueuelen: Option<u32>,
 }
 
@@ -260,14 +255,16 @@ impl RawDevice {
         };
         Ok(DeviceConfig {
             socket: socket.get_ref().clone(),
-            tap: name.clone(),
-            queues,
-            queue_size,
-            ring_size,
-            mac,
-            mtu,
-            mode,
-            fq,
+            device: DeviceSettings {
+                name: name.clone(),
+                queue_pairs: queues,
+                queue_size,
+                ring_size,
+                mac,
+                mtu,
+                mode,
+                fq,
+            },
             txqueuelen,
         })
     }
@@ -322,17 +319,17 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<DeviceConfig>, ConfigEr
                 format!(
                     "{} is used by two devices (TAP {} too)",
                     dev.socket.display(),
-                    prev.tap
+                    prev.device.name
                 ),
             ));
         }
-        if let Some(prev) = out.iter().find(|p| p.tap == dev.tap) {
+        if let Some(prev) = out.iter().find(|p| p.device.name == dev.device.name) {
             return Err(o.err(
                 d.get_ref().tap.as_ref().map(|s| s.span()),
                 "tap",
                 format!(
                     "{} is used by two devices (socket {} too)",
-                    dev.tap,
+                    dev.device.name,
                     prev.socket.display()
                 ),
             ));
@@ -368,11 +365,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.len(), 2);
-        assert_eq!(d[0].queues, 1);
-        assert_eq!(d[0].queue_size, DEFAULT_QUEUE_SIZE);
-        assert_eq!(d[0].mac, default_mac("vt0"));
-        assert_eq!(d[1].queues, 2);
-        assert_eq!(d[1].mac, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
+        assert_eq!(d[0].device.queue_pairs, 1);
+        assert_eq!(d[0].device.queue_size, DEFAULT_QUEUE_SIZE);
+        assert_eq!(d[0].device.mac, default_mac("vt0"));
+        assert_eq!(d[1].device.queue_pairs, 2);
+        assert_eq!(d[1].device.mac, [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc]);
     }
 
     #[test]
@@ -417,8 +414,8 @@ mod tests {
         let text = include_str!("../../../examples/vhost-tap.toml");
         let d = parse_file(Path::new("examples/vhost-tap.toml"), text).unwrap();
         assert_eq!(d.len(), 2);
-        assert_eq!(d[1].queues, 2);
-        assert_eq!(d[1].mode, Mode::Auto);
+        assert_eq!(d[1].device.queue_pairs, 2);
+        assert_eq!(d[1].device.mode, Mode::Auto);
     }
 
     #[test]
@@ -430,14 +427,14 @@ mod tests {
     #[test]
     fn modes_and_fq_settings() {
         let d = parse("[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\n").unwrap();
-        assert_eq!(d[0].mode, Mode::Auto);
-        assert_eq!(d[0].fq.limit, DEFAULT_FQ_LIMIT);
+        assert_eq!(d[0].device.mode, Mode::Auto);
+        assert_eq!(d[0].device.fq.limit, DEFAULT_FQ_LIMIT);
         let d = parse(
             "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nmode = \"fq-codel\"\nfq_limit = 500\nfq_ecn = false\n",
         )
         .unwrap();
         assert_eq!(
-            (d[0].mode, d[0].fq.limit, d[0].fq.ecn),
+            (d[0].device.mode, d[0].device.fq.limit, d[0].device.fq.ecn),
             (Mode::FqCodel, 500, false)
         );
         let e =

@@ -196,54 +196,49 @@ fn resolve_mode(mode: Mode, t: &tap::Tap) -> (Mode, String) {
 }
 
 fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
+    let dev = &d.device;
     let cfg = tap::TapConfig {
-        name: d.tap.clone(),
-        queues: d.queues,
+        name: dev.name.clone(),
+        queues: dev.queue_pairs,
         vnet_hdr_size: vhost_tap::datapath::vnet::HDR_LEN as i32,
-        backpressure: if d.mode == Mode::FqCodel {
+        backpressure: if dev.mode == Mode::FqCodel {
             tap::BackpressureRequest::Off
         } else {
             tap::BackpressureRequest::IfAvailable
         },
         txqueuelen: d.txqueuelen,
-        mtu: Some(u32::from(d.mtu)),
+        mtu: Some(u32::from(dev.mtu)),
         persist: None,
     };
     let t = tap::Tap::open(&cfg).map_err(|source| StartError::Tap {
-        tap: d.tap.clone(),
+        tap: dev.name.clone(),
         source,
     })?;
     if t.created() {
         // A TAP created anew at every start keeps one host-side MAC (fe:54:00
         // + a hash of its name, like the guest's default), so the host's and
         // the guest's neighbour caches stay valid across daemon restarts.
-        let g = config::default_mac(&d.tap);
+        let g = config::default_mac(&dev.name);
         let mac = [0xfe, 0x54, 0x00, g[3], g[4], g[5]];
         if let Err(e) = t.set_mac(mac) {
-            warn!("{}: {e}; the TAP keeps a random MAC", d.tap);
+            warn!("{}: {e}; the TAP keeps a random MAC", dev.name);
         }
     }
-    let (mode, why) = resolve_mode(d.mode, &t);
+    let (mode, why) = resolve_mode(dev.mode, &t);
     info!(
         "{}: TAP {} {} ({} queue(s)); mode {} ({why})",
-        d.tap,
+        dev.name,
         t.name(),
         if t.created() { "created" } else { "attached" },
         t.queue_count(),
         mode.name(),
     );
     let settings = DeviceSettings {
-        name: d.tap.clone(),
-        queue_pairs: d.queues,
-        queue_size: d.queue_size,
-        ring_size: d.ring_size,
-        mac: d.mac,
-        mtu: d.mtu,
         mode,
-        fq: d.fq,
+        ..dev.clone()
     };
     Device::new(settings, t).map_err(|source| StartError::Device {
-        tap: d.tap.clone(),
+        tap: dev.name.clone(),
         source,
     })
 }
@@ -317,15 +312,15 @@ fn start_servers(
         let s = DeviceServer::new(device, d.socket.clone(), stop.clone(), dir.to_path_buf())
             .map(Arc::new)
             .map_err(|source| StartError::Server {
-                tap: d.tap.clone(),
+                tap: d.device.name.clone(),
                 source,
             })?;
         let runner = s.clone();
         let t = thread::Builder::new()
-            .name(format!("dev-{}", d.tap))
+            .name(format!("dev-{}", d.device.name))
             .spawn(move || runner.run())
             .map_err(|source| StartError::Thread {
-                tap: d.tap.clone(),
+                tap: d.device.name.clone(),
                 source,
             })?;
         servers.push(s);

@@ -50,7 +50,7 @@ pub struct FqSettings {
 }
 
 /// What a device is, independent of any connection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSettings {
     pub name: String,
     pub queue_pairs: usize,
