@@ -19,6 +19,7 @@
 //! | `rx_direct.rs` | the direct path: TAP frames read straight into guest RX chains |
 //! | `rx_buffers.rs` | the guest's RX chains: gather for a frame, put back, ask for a kick |
 //! | `tx.rs` | the TX drainer |
+//! | `error.rs` | [`QueueError`]: why a queue is broken |
 //! | `used.rs` | used-ring entries, published once per batch; interrupt decisions |
 //! | `aqm.rs` | FQ-CoDel mode's queue (glue to the `fq-codel` crate) |
 //! | [`slots`] | the ring's frame buffers |
@@ -37,6 +38,7 @@
 //! The only drops are frames that can never be delivered, each counted.
 
 mod aqm;
+mod error;
 mod rx_buffers;
 mod rx_direct;
 mod rx_ring;
@@ -56,11 +58,11 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::counters::QueueCounters;
-use crate::guest::chain::{Chain, ChainError};
+use crate::guest::chain::Chain;
 use crate::guest::iovecs::IoVecs;
-use crate::guest::MemError;
 use aqm::Aqm;
 pub use aqm::QueuedFrame;
+pub use error::QueueError;
 use slots::Slots;
 pub use tap_io::{TapIo, TapQueue};
 use used::UsedBatch;
@@ -68,35 +70,6 @@ pub use vnet::Negotiated;
 
 /// Frames moved per event before yielding to the other events of the worker.
 pub const BUDGET: usize = 256;
-
-/// Why a queue is broken: the guest (or its frontend) put something there
-/// that the data path cannot use. The queue is then left alone until the
-/// guest resets it.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("bad avail ring: {0}")]
-    AvailRing(virtio_queue::Error),
-    #[error(transparent)]
-    Chain(#[from] ChainError),
-    #[error(transparent)]
-    Memory(#[from] MemError),
-    #[error("cannot {verb} notifications: {source}")]
-    Notifications {
-        verb: &'static str,
-        source: virtio_queue::Error,
-    },
-    #[error("more used entries pending ({pending}) than the queue holds ({size})")]
-    UsedOverrun { pending: u16, size: u16 },
-    #[error("{0} ring address overflows")]
-    RingAddress(&'static str),
-    #[error("cannot {what}: {source}")]
-    RingAccess {
-        what: &'static str,
-        source: vm_memory::GuestMemoryError,
-    },
-    #[error("the TAP could not write a frame into the guest's RX buffers: {0}")]
-    TapFault(io::Error),
-}
 
 /// What a pass of [`QueuePair::rx_run`] or [`QueuePair::tx_run`] leaves to
 /// its caller.

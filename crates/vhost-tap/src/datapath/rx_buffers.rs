@@ -7,7 +7,7 @@ use std::sync::atomic::{fence, Ordering};
 use virtio_queue::{AvailIter, Queue, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
 
-use super::QueueError;
+use super::error::QueueError;
 use crate::guest::chain::{self, Chain, Direction};
 use crate::guest::map::GuestMap;
 

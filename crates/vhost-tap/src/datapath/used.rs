@@ -11,7 +11,7 @@ use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::QueueError;
+use super::error::QueueError;
 use crate::guest::map::GuestMap;
 
 /// Where a queue's used ring is, and its next used index: a snapshot taken

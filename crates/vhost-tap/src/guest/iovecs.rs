@@ -106,12 +106,12 @@ pub fn write_chains_at(
 /// Copy `frame` into the buffers of `chains`, in order; returns how many
 /// bytes went into each chain through `per_chain` (head, bytes). The chains
 /// must hold at least `frame.len()` bytes.
-pub fn write_chains(
+pub fn write_chains<E: From<MemError>>(
     map: &GuestMap<'_>,
     chains: &[Chain],
     frame: &[u8],
-    mut per_chain: impl FnMut(u16, u32) -> Result<(), crate::datapath::QueueError>,
-) -> Result<(), crate::datapath::QueueError> {
+    mut per_chain: impl FnMut(u16, u32) -> Result<(), E>,
+) -> Result<(), E> {
     let len = frame.len();
     let mut off = 0usize;
     for c in chains {
@@ -220,7 +220,7 @@ mod tests {
         let mut parts = Vec::new();
         write_chains(&map, &chains, &frame, |head, n| {
             parts.push((head, n));
-            Ok(())
+            Ok::<(), MemError>(())
         })
         .unwrap();
         assert_eq!(parts, vec![(3, 12), (9, 6)]);
