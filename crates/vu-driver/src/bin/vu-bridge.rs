@@ -22,8 +22,10 @@
 //! TAP2 carry plain, checksummed, MTU-sized frames; the virtio-net header is
 //! passed through unchanged.
 //!
-//! Prints `vu-bridge: ready ...` on stderr once forwarding, and
-//! `vu-bridge: counters: k=v ...` on SIGUSR1 and at exit.
+//! Prints `vu-bridge: ready ...` on stderr once forwarding, and on SIGUSR1
+//! and at exit its counters twice: `vu-bridge: counters: k=v ...` for people
+//! and `vu-bridge: counters-json {"event":"signal"|"exit",...}` for tools
+//! (the tests and `bench/bench.py` read only the JSON form).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -196,25 +198,45 @@ struct Counters {
 }
 
 impl Counters {
-    fn line(&self) -> String {
+    /// `(name, value)` of every counter, in one order for both forms.
+    fn fields(&self) -> [(&'static str, u64); 11] {
+        [
+            ("rx_frames", self.rx_frames),
+            ("rx_bytes", self.rx_bytes),
+            ("tx_frames", self.tx_frames),
+            ("tx_bytes", self.tx_bytes),
+            ("refused", self.refused),
+            ("rx_malformed", self.rx_malformed),
+            ("tap2_write_blocked", self.tap2_write_blocked),
+            ("tx_ring_full", self.tx_ring_full),
+            ("rate_waits", self.rate_waits),
+            ("pending_high_water", self.pending_high_water),
+            ("rx_batch_high_water", self.rx_batch_high_water),
+        ]
+    }
+
+    /// The report in both forms, two lines: `vu-bridge: counters: k=v ...`
+    /// for people and `vu-bridge: counters-json {"event":..,k:v,...}` (one
+    /// JSON object, [`JSON_TAG`]) for tools; `extra` are levels of the moment
+    /// (frames held, buffers posted).
+    fn report(&self, event: &str, extra: &[(&str, u64)]) -> String {
+        let all = self.fields().into_iter().chain(extra.iter().copied());
+        let human: Vec<String> = all.clone().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut json = serde_json::Map::new();
+        json.insert("event".into(), event.into());
+        for (k, v) in all {
+            json.insert(k.into(), v.into());
+        }
         format!(
-            "rx_frames={} rx_bytes={} tx_frames={} tx_bytes={} refused={} rx_malformed={} \
-             tap2_write_blocked={} tx_ring_full={} rate_waits={} pending_high_water={} \
-             rx_batch_high_water={}",
-            self.rx_frames,
-            self.rx_bytes,
-            self.tx_frames,
-            self.tx_bytes,
-            self.refused,
-            self.rx_malformed,
-            self.tap2_write_blocked,
-            self.tx_ring_full,
-            self.rate_waits,
-            self.pending_high_water,
-            self.rx_batch_high_water
+            "vu-bridge: counters: {}\nvu-bridge: {JSON_TAG}{}",
+            human.join(" "),
+            serde_json::Value::Object(json)
         )
     }
 }
+
+/// The marker in front of the JSON form of a report (as the daemon's).
+const JSON_TAG: &str = "counters-json ";
 
 /// Minimal stderr logger for the `log` calls inside vu-driver and tap.
 struct StderrLog(log::LevelFilter);
@@ -475,11 +497,11 @@ fn run(a: &Args) -> Result<(), String> {
                     }
                     if si.ssi_signo == libc::SIGUSR1 as u32 {
                         c.rx_malformed = drv.rx_malformed();
-                        eprintln!(
-                            "vu-bridge: counters: {} held={} rx_buffers_posted={posted}",
-                            c.line(),
-                            held.len()
-                        );
+                        let now = [
+                            ("held", held.len() as u64),
+                            ("rx_buffers_posted", posted as u64),
+                        ];
+                        eprintln!("{}", c.report("signal", &now));
                     } else {
                         eprintln!("vu-bridge: signal {}: stopping", si.ssi_signo);
                         break 'main;
@@ -612,11 +634,11 @@ fn run(a: &Args) -> Result<(), String> {
     }
 
     c.rx_malformed = drv.rx_malformed();
-    eprintln!(
-        "vu-bridge: counters: {} held_at_exit={} rx_buffers_posted={posted}",
-        c.line(),
-        held.len()
-    );
+    let now = [
+        ("held_at_exit", held.len() as u64),
+        ("rx_buffers_posted", posted as u64),
+    ];
+    eprintln!("{}", c.report("exit", &now));
     // GET_VRING_BASE on every vring, as QEMU does when it stops.
     if let Err(e) = drv.disconnect() {
         eprintln!("vu-bridge: disconnect: {e}");
@@ -646,5 +668,27 @@ mod tests {
         b.take(9000);
         assert!(b.tokens < 0.0);
         assert_eq!(b.wait(100), Duration::from_millis(6100));
+    }
+
+    #[test]
+    fn report_has_a_human_line_and_a_json_line_with_the_same_counters() {
+        let c = Counters {
+            rx_frames: 5,
+            refused: 1,
+            pending_high_water: 7,
+            ..Counters::default()
+        };
+        let r = c.report("exit", &[("held_at_exit", 2), ("rx_buffers_posted", 32)]);
+        let (human, json) = r.split_once('\n').unwrap();
+        assert!(human.starts_with("vu-bridge: counters: rx_frames=5 rx_bytes=0 "));
+        assert!(human.ends_with(" held_at_exit=2 rx_buffers_posted=32"));
+        let v: serde_json::Value =
+            serde_json::from_str(json.strip_prefix("vu-bridge: counters-json ").unwrap()).unwrap();
+        assert_eq!(v["event"], "exit");
+        assert_eq!(v["rx_frames"], 5);
+        assert_eq!(v["refused"], 1);
+        assert_eq!(v["pending_high_water"], 7);
+        assert_eq!(v["held_at_exit"], 2);
+        assert_eq!(v.as_object().unwrap().len(), 1 + 11 + 2);
     }
 }
