@@ -1,289 +1,31 @@
-//! Harness for the end-to-end tests: processes started here are stopped by
-//! PID, and the TAPs, sockets and files they use are removed, when the guard
-//! drops — also when the test fails. On failure the guards print the logs
-//! (daemon log, guest console) so that the cause is visible in CI output.
+//! Harness for the end-to-end tests, on top of the workspace's test kit
+//! (`testkit`: the daemon, its counters, temp dirs, waits): QEMU guests
+//! ([`Guest`]), the slow guest of [`slowguest`], host-side TCP transfers.
+//! Processes started here are stopped by PID, and the files they use are
+//! removed, when the guard drops — also when the test fails. On failure the
+//! guards print the logs (guest console, bridge log) so that the cause is
+//! visible in CI output.
+//!
+//! Every test here needs root and the peers `tests/setup-host.sh` installs
+//! (QEMU, DPDK, trafgen): they are `#[ignore]`d with that reason, and
+//! `tests/run.sh` runs them (`--include-ignored`).
 
 pub mod slowguest;
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+use testkit::{sh, wait_for, TempDir};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A unique short name (≤ 15 bytes) for TAPs and files of this test process.
-pub fn unique(prefix: &str) -> String {
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}x{n}", std::process::id() % 100_000)
-}
-
-/// Poll `f` every 50 ms until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Run a command, panicking with its output if it fails.
-pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Stop a child by PID: SIGTERM, then SIGKILL after `grace`.
-pub fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    if let Ok(Some(st)) = child.try_wait() {
-        return Some(st);
-    }
-    // SAFETY: kill(2) on the PID of a child we have not reaped yet.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = wait_for(grace, || child.try_wait().ok().flatten());
-    if st.is_none() {
-        let _ = child.kill();
-        return child.wait().ok();
-    }
-    st
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("vt-e2e-{}", unique(tag)));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The daemon, started on a socket in its own directory with a TAP it creates.
-pub struct Daemon {
-    pub child: Child,
-    pub tap: String,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-    pub dir: TempDir,
-    /// The extra command-line options it was started with (kept for `restart`).
-    pub extra: Vec<String>,
-}
-
-/// The daemon binary built beside this test binary (target/<profile>/vhost-tap).
-pub fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("vhost-tap");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build --release -p vhost-tap)",
-        bin.display()
-    );
-    bin
-}
-
-impl Daemon {
-    pub fn start(extra: &[&str]) -> Daemon {
-        let dir = TempDir::new("d");
-        let tap = unique("vte");
-        let socket = dir.0.join("vhost.sock");
-        let log = dir.0.join("daemon.log");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = Self::spawn(&socket, &tap, &extra, &log);
-        let d = Daemon {
-            child,
-            tap,
-            socket,
-            log,
-            dir,
-            extra,
-        };
-        let up = wait_for(Duration::from_secs(10), || d.socket.exists().then_some(()));
-        assert!(up.is_some(), "daemon did not listen:\n{}", d.log_text());
-        d
-    }
-
-    fn spawn(socket: &Path, tap: &str, extra: &[String], log: &Path) -> Child {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log");
-        Command::new(daemon_binary())
-            .args(["--socket", socket.to_str().unwrap(), "--tap", tap])
-            .args(extra)
-            .env("RUST_LOG", "info,vhost_tap=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn vhost-tap")
-    }
-
-    /// Stop the daemon (SIGTERM by PID, as an operator would) and start a
-    /// new one on the same socket, TAP name and options. The log continues
-    /// in the same file. The old daemon removes the TAP it created, the new
-    /// one creates it again: host addresses must be added again.
-    pub fn restart(&mut self) -> Option<std::process::ExitStatus> {
-        let st = stop(&mut self.child, Duration::from_secs(10));
-        // SIGTERM removes the socket; a SIGKILLed daemon would leave it.
-        let _ = fs::remove_file(&self.socket);
-        self.child = Self::spawn(&self.socket, &self.tap, &self.extra, &self.log);
-        let up = wait_for(Duration::from_secs(10), || {
-            self.socket.exists().then_some(())
-        });
-        assert!(up.is_some(), "restarted daemon did not listen");
-        st
-    }
-
-    /// The features the frontend acked last (`guest acked features 0x..` in the log).
-    pub fn acked_features(&self) -> Option<u64> {
-        let log = self.log_text();
-        let i = log.rfind("guest acked features 0x")?;
-        let hex = log[i + "guest acked features 0x".len()..]
-            .split(|c: char| !c.is_ascii_hexdigit())
-            .next()?;
-        u64::from_str_radix(hex, 16).ok()
-    }
-
-    /// Put `addr` (ADDR/PFX) on the TAP, with IPv6 enabled on it.
-    ///
-    /// Panics if another interface holds an address in that prefix (a
-    /// leftover from an interrupted run would take the route).
-    pub fn add_host_ip(&self, addr: &str) {
-        let other = sh(&format!("ip -o addr show to {addr}"));
-        assert!(
-            other.trim().is_empty(),
-            "{addr} overlaps an address already on this host (leftover TAP?): {other}"
-        );
-        sh(&format!(
-            "sysctl -qw net.ipv6.conf.{}.disable_ipv6=0",
-            self.tap
-        ));
-        sh(&format!("ip addr add {addr} dev {}", self.tap));
-    }
-
-    /// The TAP's MAC address.
-    pub fn tap_mac(&self) -> String {
-        fs::read_to_string(format!("/sys/class/net/{}/address", self.tap))
-            .expect("TAP address")
-            .trim()
-            .to_string()
-    }
-
-    /// A counter of the TAP from /sys/class/net/TAP/statistics (0 if absent).
-    pub fn tap_stat(&self, name: &str) -> u64 {
-        tap_stat(&self.tap, name)
-    }
-
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The counters of every queue, from a SIGUSR1 report.
-    pub fn counters(&mut self) -> Vec<HashMap<String, u64>> {
-        let before = self.log_text().matches("counters:").count();
-        // SAFETY: kill(2) on our live child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
-        let text = wait_for(Duration::from_secs(5), || {
-            let t = self.log_text();
-            (t.matches("counters:").count() > before && t.ends_with('\n')).then_some(t)
-        })
-        .expect("daemon did not report counters");
-        parse_counters(&text)
-    }
-
-    /// Stop with SIGTERM; returns the exit status and the last counters.
-    pub fn shutdown(&mut self) -> (Option<std::process::ExitStatus>, Vec<HashMap<String, u64>>) {
-        let st = stop(&mut self.child, Duration::from_secs(10));
-        (st, parse_counters(&self.log_text()))
-    }
-}
-
-/// Counters of the last report in a daemon log (lines `device=.. queue=.. k=v ...`).
-pub fn parse_counters(log: &str) -> Vec<HashMap<String, u64>> {
-    let start = log.rfind("counters:").unwrap_or(0);
-    let mut out: Vec<HashMap<String, u64>> = Vec::new();
-    // The report's lines follow the `counters:` line; stop at the first
-    // other line (a later disconnect prints its own block).
-    for line in log[start..].lines().skip(1) {
-        let line = line.trim();
-        if !line.starts_with("device=") {
-            break;
-        }
-        let mut m = HashMap::new();
-        for kv in line.split_whitespace() {
-            if let Some((k, v)) = kv.split_once('=') {
-                if let Ok(n) = v.parse::<u64>() {
-                    m.insert(k.to_string(), n);
-                }
-            }
-        }
-        out.push(m);
-    }
-    out
-}
-
-/// Sum of every `*_dropped_*` counter over all queues.
-pub fn daemon_drops(c: &[HashMap<String, u64>]) -> u64 {
-    c.iter()
-        .flat_map(|q| q.iter())
-        .filter(|(k, _)| k.contains("_dropped_"))
-        .map(|(_, v)| *v)
-        .sum()
-}
-
-/// A counter from /sys/class/net/DEV/statistics (0 if absent).
-pub fn tap_stat(dev: &str, name: &str) -> u64 {
-    fs::read_to_string(format!("/sys/class/net/{dev}/statistics/{name}"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop(&mut self.child, Duration::from_secs(5));
-        if std::thread::panicking() {
-            eprintln!("---- daemon log ----\n{}", self.log_text());
-        }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.tap])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// A QEMU guest booted with vm-images/run-guest.sh in the background.
@@ -302,10 +44,10 @@ impl Guest {
     /// Boot against `socket` running `script` (shell text) in the guest.
     pub fn boot(socket: &Path, script: &str, args: &[&str]) -> Guest {
         let dir = TempDir::new("g");
-        let script_path = dir.0.join("run.sh");
+        let script_path = dir.join("run.sh");
         fs::write(&script_path, script).expect("script");
-        let console = dir.0.join("console.log");
-        let pidfile = dir.0.join("qemu.pid");
+        let console = dir.join("console.log");
+        let pidfile = dir.join("qemu.pid");
         let out = Command::new(repo().join("vm-images/run-guest.sh"))
             .args(["-s", socket.to_str().unwrap()])
             .args(["-S", script_path.to_str().unwrap()])
@@ -651,10 +393,10 @@ impl TcpBothWays {
         let lr = TcpListener::bind((host_ip, 0)).expect("bind");
         let port_tx = lt.local_addr().unwrap().port();
         let port_rx = lr.local_addr().unwrap().port();
-        let to_send = dir.0.join("to-guest");
+        let to_send = dir.join("to-guest");
         random_file(&to_send, bytes);
         let sent_md5 = md5_file(&to_send);
-        let received = dir.0.join("from-guest");
+        let received = dir.join("from-guest");
         let sink = tcp_sink(lt, received.clone(), timeout);
         let source = tcp_source(lr, to_send, 1, timeout);
         TcpBothWays {

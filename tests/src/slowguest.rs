@@ -13,18 +13,18 @@
 //! it stops the bridge by PID, deletes the namespace and TAP2, and removes
 //! the host address; on failure it prints the bridge's log.
 //!
-//! Also here: [`Ns`] children killed by PID on drop, ping RTT parsing and
-//! percentiles, iperf3 `-J` per-stream figures (a small JSON reader: the
-//! tests crate has no JSON dependency).
+//! Also here: the bridge's JSON counter reports, ping RTT parsing and
+//! percentiles, iperf3 `-J` figures (with serde_json).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::{stop, unique, wait_for, Daemon, TempDir};
+use serde_json::Value;
+use testkit::{sh, stop, unique_name, wait_for, workspace_binary, Daemon, TempDir};
 
 /// What the slow guest looks like.
 #[derive(Debug, Clone)]
@@ -47,18 +47,7 @@ impl Default for SlowGuestConfig {
 
 /// The vu-bridge binary built beside this test binary (target/<profile>/vu-bridge).
 pub fn bridge_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("vu-bridge");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build --release -p vu-driver --bins)",
-        bin.display()
-    );
-    bin
+    workspace_binary("vu-bridge", "vu-driver")
 }
 
 static SUBNET_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -83,33 +72,6 @@ fn free_subnet() -> u32 {
         }
     }
     panic!("no free 198.18.200-249.0/24 subnet on this host");
-}
-
-/// A process started by a test, stopped by PID (SIGTERM, then SIGKILL) on drop.
-pub struct Ns {
-    pub child: Child,
-    pub what: String,
-}
-
-impl Ns {
-    pub fn spawn(mut cmd: Command, what: &str) -> Ns {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Ns {
-            child,
-            what: what.to_string(),
-        }
-    }
-
-    /// Wait for the process to exit by itself; None on timeout.
-    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        wait_for(timeout, || self.child.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        stop(&mut self.child, Duration::from_secs(3));
-    }
 }
 
 /// The slow guest: netns + TAP2 + vu-bridge connected to a [`Daemon`].
@@ -141,17 +103,17 @@ impl SlowGuest {
         let x = free_subnet();
         let mut sg = SlowGuest {
             bridge: None,
-            netns: unique("vtns"),
-            tap2: unique("vtb"),
+            netns: unique_name("vtns"),
+            tap2: unique_name("vtb"),
             host_tap: d.tap.clone(),
             host_ip: format!("198.18.{x}.1"),
             guest_ip: format!("198.18.{x}.2"),
-            log: dir.0.join("vu-bridge.log"),
+            log: dir.join("vu-bridge.log"),
             host_addr_added: false,
             netns_created: false,
             _dir: dir,
         };
-        crate::sh(&format!("ip netns add {}", sg.netns));
+        sh(&format!("ip netns add {}", sg.netns));
         sg.netns_created = true;
         // No IPv6 chatter (DAD, router solicitations) in the measurement.
         sg.ns_sh(
@@ -191,7 +153,7 @@ impl SlowGuest {
                 &format!("net.ipv6.conf.{}.disable_ipv6=1", sg.host_tap),
             ])
             .status();
-        crate::sh(&format!(
+        sh(&format!(
             "ip addr add {}/24 dev {} && ip link set {} up",
             sg.host_ip, sg.host_tap, sg.host_tap
         ));
@@ -228,7 +190,7 @@ impl SlowGuest {
 
     /// A shell command inside the namespace; panics with its output on failure.
     pub fn ns_sh(&self, cmd: &str) -> String {
-        crate::sh(&format!("ip netns exec {} sh -c '{}'", self.netns, cmd))
+        sh(&format!("ip netns exec {} sh -c '{}'", self.netns, cmd))
     }
 
     /// A statistics counter of TAP2 (in the namespace).
@@ -242,26 +204,34 @@ impl SlowGuest {
         .unwrap_or(0)
     }
 
-    /// The bridge's counters now (SIGUSR1).
-    pub fn counters(&mut self) -> HashMap<String, u64> {
-        let before = self.log_text().matches("counters:").count();
-        let pid = self.bridge.as_ref().expect("bridge").id() as i32;
-        // SAFETY: kill(2) on our live child's PID.
-        unsafe { libc::kill(pid, libc::SIGUSR1) };
-        let text = wait_for(Duration::from_secs(5), || {
-            let t = self.log_text();
-            (t.matches("counters:").count() > before && t.ends_with('\n')).then_some(t)
-        })
-        .unwrap_or_else(|| panic!("vu-bridge did not report counters:\n{}", self.log_text()));
-        parse_kv_after(&text, "counters:")
+    /// The bridge's JSON counter reports so far.
+    pub fn reports(&self) -> Vec<BridgeReport> {
+        bridge_reports(&self.log_text())
     }
 
-    /// Stops the bridge (SIGTERM) and returns its final counters.
-    pub fn shutdown(&mut self) -> HashMap<String, u64> {
+    /// The bridge's counters now (SIGUSR1, then its new report).
+    pub fn counters(&mut self) -> BridgeReport {
+        let before = self.reports().len();
+        let bridge = self.bridge.as_ref().expect("bridge");
+        testkit::signal(bridge, libc::SIGUSR1);
+        wait_for(Duration::from_secs(5), || {
+            let mut r = self.reports();
+            (r.len() > before).then(|| r.pop()).flatten()
+        })
+        .unwrap_or_else(|| panic!("vu-bridge did not report counters:\n{}", self.log_text()))
+    }
+
+    /// Stops the bridge (SIGTERM) and returns its final counters (its exit
+    /// report; empty if it wrote none).
+    pub fn shutdown(&mut self) -> BridgeReport {
         if let Some(mut c) = self.bridge.take() {
             stop(&mut c, Duration::from_secs(15));
         }
-        parse_kv_after(&self.log_text(), "counters:")
+        self.reports()
+            .into_iter()
+            .rev()
+            .find(|r| r.event == "exit")
+            .unwrap_or_default()
     }
 }
 
@@ -300,14 +270,40 @@ impl Drop for SlowGuest {
     }
 }
 
-/// `k=v` integer pairs of the last line containing `marker`.
-pub fn parse_kv_after(text: &str, marker: &str) -> HashMap<String, u64> {
-    let Some(line) = text.lines().rev().find(|l| l.contains(marker)) else {
-        return HashMap::new();
-    };
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .filter_map(|(k, v)| v.parse().ok().map(|n| (k.to_string(), n)))
+/// The marker in front of vu-bridge's JSON counter report.
+pub const BRIDGE_JSON_TAG: &str = "vu-bridge: counters-json ";
+
+/// One vu-bridge counter report: `event` ("signal" or "exit") and every
+/// integer counter by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BridgeReport {
+    pub event: String,
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl BridgeReport {
+    /// A counter by name, `None` if the report has none of that name.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.counters.get(name).copied()
+    }
+}
+
+/// Every JSON counter report in a vu-bridge log, in order; lines that do
+/// not parse (cut off by a crash) are skipped.
+pub fn bridge_reports(log: &str) -> Vec<BridgeReport> {
+    log.lines()
+        .filter_map(|l| {
+            let at = l.find(BRIDGE_JSON_TAG)?;
+            let v: serde_json::Map<String, Value> =
+                serde_json::from_str(&l[at + BRIDGE_JSON_TAG.len()..]).ok()?;
+            Some(BridgeReport {
+                event: v.get("event")?.as_str()?.to_string(),
+                counters: v
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                    .collect(),
+            })
+        })
         .collect()
 }
 
@@ -347,212 +343,31 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
 /// Per-stream receiver throughput (bit/s) of an `iperf3 -J` client run
 /// (`end.streams[i].receiver.bits_per_second`), and the iperf3 error if any.
 pub fn iperf3_streams(json: &str) -> Result<Vec<f64>, String> {
-    let v = Json::parse(json).map_err(|e| format!("iperf3 JSON: {e}"))?;
-    if let Some(Json::Str(e)) = v.get("error") {
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("iperf3 JSON: {e}"))?;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
         return Err(format!("iperf3: {e}"));
     }
-    let streams = match v.get("end").and_then(|e| e.get("streams")) {
-        Some(Json::Arr(a)) => a,
-        _ => return Err("iperf3 JSON has no end.streams".into()),
+    let Some(streams) = v.pointer("/end/streams").and_then(Value::as_array) else {
+        return Err("iperf3 JSON has no end.streams".into());
     };
     streams
         .iter()
         .map(|s| {
-            s.get("receiver")
-                .and_then(|r| r.get("bits_per_second"))
-                .and_then(Json::num)
+            s.pointer("/receiver/bits_per_second")
+                .and_then(Value::as_f64)
                 .ok_or_else(|| "stream without receiver.bits_per_second".to_string())
         })
         .collect()
 }
 
-/// A JSON value (enough of JSON for iperf3's output).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    pub fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    pub fn num(&self) -> Option<f64> {
-        match self {
-            Json::Num(n) => Some(*n),
-            _ => None,
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Json, String> {
-        let b = s.as_bytes();
-        let mut i = 0;
-        let v = Self::value(b, &mut i)?;
-        Self::ws(b, &mut i);
-        if i != b.len() {
-            return Err(format!("trailing data at byte {i}"));
-        }
-        Ok(v)
-    }
-
-    fn ws(b: &[u8], i: &mut usize) {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    }
-
-    fn value(b: &[u8], i: &mut usize) -> Result<Json, String> {
-        Self::ws(b, i);
-        let Some(&c) = b.get(*i) else {
-            return Err("unexpected end".into());
-        };
-        let lit = |i: &mut usize, word: &str, v: Json| {
-            if b[*i..].starts_with(word.as_bytes()) {
-                *i += word.len();
-                Ok(v)
-            } else {
-                Err(format!("bad literal at byte {i}"))
-            }
-        };
-        match c {
-            b'{' => {
-                *i += 1;
-                let mut m = Vec::new();
-                Self::ws(b, i);
-                if b.get(*i) == Some(&b'}') {
-                    *i += 1;
-                    return Ok(Json::Obj(m));
-                }
-                loop {
-                    Self::ws(b, i);
-                    let Json::Str(k) = Self::value(b, i)? else {
-                        return Err(format!("object key expected at byte {i}"));
-                    };
-                    Self::ws(b, i);
-                    if b.get(*i) != Some(&b':') {
-                        return Err(format!("':' expected at byte {i}"));
-                    }
-                    *i += 1;
-                    let v = Self::value(b, i)?;
-                    m.push((k, v));
-                    Self::ws(b, i);
-                    match b.get(*i) {
-                        Some(b',') => *i += 1,
-                        Some(b'}') => {
-                            *i += 1;
-                            return Ok(Json::Obj(m));
-                        }
-                        _ => return Err(format!("',' or '}}' expected at byte {i}")),
-                    }
-                }
-            }
-            b'[' => {
-                *i += 1;
-                let mut a = Vec::new();
-                Self::ws(b, i);
-                if b.get(*i) == Some(&b']') {
-                    *i += 1;
-                    return Ok(Json::Arr(a));
-                }
-                loop {
-                    a.push(Self::value(b, i)?);
-                    Self::ws(b, i);
-                    match b.get(*i) {
-                        Some(b',') => *i += 1,
-                        Some(b']') => {
-                            *i += 1;
-                            return Ok(Json::Arr(a));
-                        }
-                        _ => return Err(format!("',' or ']' expected at byte {i}")),
-                    }
-                }
-            }
-            b'"' => {
-                *i += 1;
-                let mut out = Vec::new();
-                while let Some(&c) = b.get(*i) {
-                    *i += 1;
-                    match c {
-                        b'"' => return Ok(Json::Str(String::from_utf8_lossy(&out).into_owned())),
-                        b'\\' => {
-                            let e = *b.get(*i).ok_or("unexpected end in string")?;
-                            *i += 1;
-                            match e {
-                                b'n' => out.push(b'\n'),
-                                b't' => out.push(b'\t'),
-                                b'r' => out.push(b'\r'),
-                                b'b' => out.push(8),
-                                b'f' => out.push(12),
-                                b'u' => {
-                                    let h =
-                                        std::str::from_utf8(b.get(*i..*i + 4).ok_or("bad \\u")?)
-                                            .map_err(|e| e.to_string())?;
-                                    let cp =
-                                        u32::from_str_radix(h, 16).map_err(|e| e.to_string())?;
-                                    *i += 4;
-                                    let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
-                                    out.extend_from_slice(ch.to_string().as_bytes());
-                                }
-                                other => out.push(other),
-                            }
-                        }
-                        _ => out.push(c),
-                    }
-                }
-                Err("unterminated string".into())
-            }
-            b't' => lit(i, "true", Json::Bool(true)),
-            b'f' => lit(i, "false", Json::Bool(false)),
-            b'n' => lit(i, "null", Json::Null),
-            _ => {
-                let start = *i;
-                while *i < b.len()
-                    && matches!(b[*i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                {
-                    *i += 1;
-                }
-                std::str::from_utf8(&b[start..*i])
-                    .ok()
-                    .and_then(|t| t.parse().ok())
-                    .map(Json::Num)
-                    .ok_or_else(|| format!("bad value at byte {start}"))
-            }
-        }
-    }
-}
-
-/// Counters that are levels, not totals: reported as they are, not as deltas.
-pub fn is_gauge(k: &str) -> bool {
-    k.ends_with("high_water") || k.contains("backlog") || k == "rx_aqm_flows"
-}
-
-/// Daemon counters summed over queue pairs (gauges: the highest).
-pub fn summed(
-    c: &[std::collections::HashMap<String, u64>],
-) -> std::collections::HashMap<String, u64> {
-    let mut out = std::collections::HashMap::new();
-    for q in c {
-        for (k, v) in q {
-            if k == "queue" {
-                continue;
-            }
-            let e = out.entry(k.clone()).or_insert(0u64);
-            if is_gauge(k) {
-                *e = (*e).max(*v);
-            } else {
-                *e += v;
-            }
-        }
-    }
-    out
+/// TCP retransmits of the senders of an `iperf3 -J` client run
+/// (`end.sum_sent.retransmits`).
+pub fn iperf3_retransmits(json: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(json)
+        .ok()?
+        .pointer("/end/sum_sent/retransmits")?
+        .as_f64()
+        .map(|n| n as u64)
 }
 
 #[cfg(test)]
@@ -590,10 +405,26 @@ mod tests {
     }
 
     #[test]
-    fn kv_of_the_last_report() {
-        let t = "vu-bridge: counters: rx_frames=1 refused=0\nx\nvu-bridge: counters: rx_frames=5 refused=0 held_at_exit=2\n";
-        let m = parse_kv_after(t, "counters:");
-        assert_eq!(m["rx_frames"], 5);
-        assert_eq!(m["held_at_exit"], 2);
+    fn iperf3_retransmits_of_the_senders() {
+        let j = r#"{"end":{"sum_sent":{"bytes":10,"retransmits":42},"streams":[]}}"#;
+        assert_eq!(iperf3_retransmits(j), Some(42));
+        assert_eq!(iperf3_retransmits(r#"{"end":{}}"#), None);
+    }
+
+    #[test]
+    fn bridge_reports_in_order_json_only() {
+        let t = "vu-bridge: counters: rx_frames=1 refused=0\n\
+            vu-bridge: counters-json {\"event\":\"signal\",\"rx_frames\":1,\"refused\":0,\"held\":3}\n\
+            x\n\
+            vu-bridge: counters: rx_frames=5 refused=0 held_at_exit=2\n\
+            vu-bridge: counters-json {\"event\":\"exit\",\"rx_frames\":5,\"refused\":0,\"held_at_exit\":2}\n\
+            vu-bridge: counters-json {\"event\":\"sig";
+        let r = bridge_reports(t);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].event.as_str(), r[0].get("held")), ("signal", Some(3)));
+        assert_eq!(r[1].event, "exit");
+        assert_eq!(r[1].get("rx_frames"), Some(5));
+        assert_eq!(r[1].get("held_at_exit"), Some(2));
+        assert_eq!(r[1].get("held"), None);
     }
 }

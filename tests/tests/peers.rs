@@ -5,7 +5,7 @@ use std::fs;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use e2e::{daemon_drops, stop, unique, wait_for, Daemon, TempDir};
+use testkit::{stop, unique_name, wait_for, Daemon, DeviceReport, ReportExt, TempDir};
 
 struct Testpmd {
     child: Child,
@@ -15,8 +15,8 @@ struct Testpmd {
 
 impl Testpmd {
     fn start(socket: &std::path::Path, mode: &str, dir: &TempDir) -> Testpmd {
-        let prefix = unique("tp");
-        let log = dir.0.join(format!("testpmd-{mode}.log"));
+        let prefix = unique_name("tp");
+        let log = dir.join(format!("testpmd-{mode}.log"));
         let child = Command::new("dpdk-testpmd")
             .args(["-l", "0,1", "--no-pci", "--no-huge", "-m", "512"])
             .args(["--file-prefix", &prefix])
@@ -55,8 +55,7 @@ impl Testpmd {
 impl Drop for Testpmd {
     fn drop(&mut self) {
         // testpmd prints its totals and leaves cleanly on SIGINT.
-        // SAFETY: kill(2) on our child's PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        testkit::signal(&self.child, libc::SIGINT);
         if wait_for(Duration::from_secs(5), || {
             self.child.try_wait().ok().flatten()
         })
@@ -77,6 +76,7 @@ impl Drop for Testpmd {
 /// a kernel without IFF_BACKPRESSURE); in fq-codel mode the daemon's AQM
 /// drops at the head instead, and counts it.
 #[test]
+#[ignore = "needs root, DPDK testpmd and trafgen: run by tests/run.sh"]
 fn testpmd_rxonly_receives_a_trafgen_flood_without_daemon_drops() {
     for mode in ["backpressure", "fq-codel"] {
         rxonly_flood(mode);
@@ -84,7 +84,7 @@ fn testpmd_rxonly_receives_a_trafgen_flood_without_daemon_drops() {
 }
 
 fn rxonly_flood(mode: &str) {
-    let mut d = Daemon::start(&["--mode", mode]);
+    let mut d = Daemon::start_args(&["--mode", mode]);
     let dir = TempDir::new("p");
     let pmd = Testpmd::start(&d.socket, "rxonly", &dir);
     assert!(
@@ -95,7 +95,7 @@ fn rxonly_flood(mode: &str) {
         .is_some(),
         "testpmd did not connect"
     );
-    let conf = dir.0.join("udp.trafgen");
+    let conf = dir.join("udp.trafgen");
     fs::write(
         &conf,
         "{ eth(da=52:54:00:00:00:02, sa=02:00:00:00:00:01, type=0x0800), \
@@ -113,28 +113,21 @@ fn rxonly_flood(mode: &str) {
         .expect("trafgen (install with tests/setup-host.sh)");
     assert!(st.success(), "trafgen failed");
     // Everything the kernel did not tail-drop reaches testpmd.
-    let tail_drops: u64 =
-        fs::read_to_string(format!("/sys/class/net/{}/statistics/tx_dropped", d.tap))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+    let tail_drops = d.tap_stat("tx_dropped");
     let expect = sent - tail_drops;
-    let aqm = |c: &[std::collections::HashMap<String, u64>]| {
-        c[0]["rx_aqm_codel_drops"] + c[0]["rx_aqm_overlimit_drops"]
-    };
+    let aqm = |c: &DeviceReport| c.at(0, "rx_aqm_codel_drops") + c.at(0, "rx_aqm_overlimit_drops");
     let c = wait_for(Duration::from_secs(20), || {
         let c = d.counters();
-        (c[0]["rx_frames"] + aqm(&c) >= expect).then_some(c)
+        (c.at(0, "rx_frames") + aqm(&c) >= expect).then_some(c)
     });
     let c = c.unwrap_or_else(|| d.counters());
-    let delivered = c[0]["rx_frames"];
+    let delivered = c.at(0, "rx_frames");
     assert!(
         delivered + aqm(&c) >= expect,
         "{mode}: daemon delivered {delivered} and its AQM dropped {} of {expect} frames: {c:?}",
         aqm(&c)
     );
-    assert_eq!(daemon_drops(&c), 0, "{c:?}");
+    assert_eq!(c.dropped(), 0, "{c:?}");
     if mode == "backpressure" {
         assert_eq!(aqm(&c), 0, "no AQM in backpressure mode");
     }
@@ -156,30 +149,22 @@ fn rxonly_flood(mode: &str) {
 /// guest → host: testpmd (txonly) floods; the TAP receives, and the daemon
 /// drops nothing (a full TAP leaves chains in the guest's ring).
 #[test]
+#[ignore = "needs root, DPDK testpmd and trafgen: run by tests/run.sh"]
 fn testpmd_txonly_flood_reaches_the_tap_without_daemon_drops() {
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start_args(&[]);
     let dir = TempDir::new("p");
-    let rx_before: u64 =
-        fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_packets", d.tap))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+    let rx_before = d.tap_stat("rx_packets");
     let pmd = Testpmd::start(&d.socket, "txonly", &dir);
     let c = wait_for(Duration::from_secs(30), || {
         let c = d.counters();
-        (c[0]["tx_frames"] >= 100_000).then_some(c)
+        (c.at(0, "tx_frames") >= 100_000).then_some(c)
     })
     .expect("testpmd's frames did not reach the TAP");
     drop(pmd);
-    let rx: u64 = fs::read_to_string(format!("/sys/class/net/{}/statistics/rx_packets", d.tap))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let rx = d.tap_stat("rx_packets");
     assert!(
-        rx - rx_before >= c[0]["tx_frames"],
+        rx - rx_before >= c.at(0, "tx_frames"),
         "TAP rx {rx} vs daemon tx {c:?}"
     );
-    assert_eq!(daemon_drops(&d.counters()), 0);
+    assert_eq!(d.counters().dropped(), 0);
 }

@@ -19,16 +19,16 @@
 //! The tests of this file take one lock, so they never measure at the same
 //! time; the backpressure measurement is made once and shared.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use e2e::slowguest::{
-    iperf3_streams, is_gauge, parse_ping, percentile, summed, Ns, SlowGuest, SlowGuestConfig,
+    iperf3_streams, parse_ping, percentile, BridgeReport, SlowGuest, SlowGuestConfig,
 };
-use e2e::{daemon_binary, daemon_drops, tap_stat, wait_for, Daemon, TempDir};
+use testkit::{daemon_binary, tap_stat, wait_for, Daemon, Process, ReportExt, TempDir};
 
 /// Seconds of measurement per mode.
 const DURATION_S: u64 = 30;
@@ -81,10 +81,11 @@ struct Measurement {
     max: f64,
     /// Per-flow receiver throughput, Mbit/s.
     flows: Vec<f64>,
-    /// Daemon counters: deltas over the run, summed over queues.
-    daemon: HashMap<String, u64>,
+    /// Daemon counters: deltas over the run, summed over queues (gauges:
+    /// the highest, at the end).
+    daemon: BTreeMap<String, u64>,
     /// Bridge counters (final).
-    bridge: HashMap<String, u64>,
+    bridge: BridgeReport,
     /// TAP2's kernel drop counters (namespace side): rx_dropped, tx_dropped.
     tap2_drops: (u64, u64),
 }
@@ -178,7 +179,7 @@ fn print_table(ms: &[&Measurement]) {
             loss,
             m.total(),
             100.0 * m.spread(),
-            m.bridge.get("refused").copied().unwrap_or(u64::MAX),
+            m.bridge.get("refused").unwrap_or(u64::MAX),
             m.flows
                 .iter()
                 .map(|f| format!("{f:.2}"))
@@ -194,10 +195,10 @@ fn print_table(ms: &[&Measurement]) {
             m.daemon_aqm(),
             m.daemon.get("rx_ring_high_water").copied().unwrap_or(0),
             m.daemon.get("rx_reader_stops").copied().unwrap_or(0),
-            m.bridge.get("rx_frames").copied().unwrap_or(0),
-            m.bridge.get("tx_frames").copied().unwrap_or(0),
-            m.bridge.get("pending_high_water").copied().unwrap_or(0),
-            m.bridge.get("rate_waits").copied().unwrap_or(0),
+            m.bridge.get("rx_frames").unwrap_or(0),
+            m.bridge.get("tx_frames").unwrap_or(0),
+            m.bridge.get("pending_high_water").unwrap_or(0),
+            m.bridge.get("rate_waits").unwrap_or(0),
             m.tap2_drops.0,
             m.tap2_drops.1,
         ));
@@ -224,7 +225,7 @@ fn daemon_has_mode(mode: &str) -> bool {
 fn measure(mode: &str) -> Measurement {
     let secs = duration_s();
     let cc = congestion_control();
-    let mut d = Daemon::start(&["--mode", mode]);
+    let mut d = Daemon::start_args(&["--mode", mode]);
     let resolved = wait_for(Duration::from_secs(5), || {
         d.log_text()
             .contains(&format!("mode {mode} "))
@@ -251,7 +252,7 @@ fn measure(mode: &str) -> Measurement {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _srv = Ns::spawn(srv_cmd, "iperf3 server");
+    let _srv = Process::spawn(srv_cmd, "iperf3 server");
     let listening = wait_for(Duration::from_secs(10), || {
         sg.ns_sh("ss -Hltn sport = :5201")
             .contains("5201")
@@ -268,7 +269,7 @@ fn measure(mode: &str) -> Measurement {
     let txp0 = tap_stat(&d.tap, "tx_packets");
     let tap2_0 = (sg.tap2_stat("rx_dropped"), sg.tap2_stat("tx_dropped"));
 
-    let iperf_out = dir.0.join("iperf3.json");
+    let iperf_out = dir.join("iperf3.json");
     let mut cli = Command::new("iperf3");
     cli.args(["-c", &sg.guest_ip, "-p", "5201", "-J", "-C", &cc])
         .args(["-P", &FLOWS.to_string()])
@@ -276,7 +277,7 @@ fn measure(mode: &str) -> Measurement {
         .stdin(Stdio::null())
         .stdout(fs::File::create(&iperf_out).unwrap())
         .stderr(Stdio::null());
-    let mut client = Ns::spawn(cli, "iperf3 client");
+    let mut client = Process::spawn(cli, "iperf3 client");
 
     // Ping under load: from the end of the warm-up to 1 s before the end.
     std::thread::sleep(Duration::from_secs(WARMUP_S));
@@ -306,20 +307,9 @@ fn measure(mode: &str) -> Measurement {
         sg.tap2_stat("tx_dropped") - tap2_0.1,
     );
     let c1 = d.counters();
-    let (a, b) = (summed(&c0), summed(&c1));
-    let daemon = b
-        .iter()
-        .map(|(k, v)| {
-            let d = if is_gauge(k) {
-                *v
-            } else {
-                v.saturating_sub(a.get(k).copied().unwrap_or(0))
-            };
-            (k.clone(), d)
-        })
-        .collect();
+    let daemon = c1.since(&c0);
     assert_eq!(
-        daemon_drops(&c0),
+        c0.dropped(),
         0,
         "{mode}: daemon dropped frames before the measurement: {c0:?}"
     );
@@ -344,7 +334,7 @@ fn measure(mode: &str) -> Measurement {
         bridge,
         tap2_drops,
     };
-    let _ = d.shutdown();
+    d.terminate(Duration::from_secs(10));
     m
 }
 
@@ -359,12 +349,13 @@ fn backpressure(cache: &mut Option<Measurement>) -> Measurement {
 /// The baseline: on this kernel (no IFF_BACKPRESSURE, no fq_codel) the tun
 /// driver tail-drops once its ring is full, while the daemon drops nothing.
 #[test]
+#[ignore = "needs root, network namespaces and iperf3: run by tests/run.sh"]
 fn backpressure_mode_tail_drops_on_this_kernel() {
     let mut g = lock();
     let bp = backpressure(&mut g);
     print_table(&[&bp]);
     assert_eq!(
-        bp.bridge.get("refused").copied(),
+        bp.bridge.get("refused"),
         Some(0),
         "the slow guest itself refused frames: {:?}",
         bp.bridge
@@ -390,6 +381,7 @@ fn backpressure_mode_tail_drops_on_this_kernel() {
 /// FQ-CoDel, so the tun driver never tail-drops, a sparse flow keeps low
 /// latency, and the bulk flows share the guest fairly.
 #[test]
+#[ignore = "needs root, network namespaces and iperf3: run by tests/run.sh"]
 fn fq_codel_mode_no_tail_drops_low_latency_fair() {
     let mut g = lock();
     let has_fq = daemon_has_mode("fq-codel");
@@ -407,7 +399,7 @@ fn fq_codel_mode_no_tail_drops_low_latency_fair() {
     if fq.tail_drops != 0 {
         fails.push(format!("tx_dropped grew by {} (expected 0)", fq.tail_drops));
     }
-    if fq.bridge.get("refused").copied() != Some(0) {
+    if fq.bridge.get("refused") != Some(0) {
         fails.push(format!("the slow guest refused frames: {:?}", fq.bridge));
     }
     if fq.p99.is_nan() || fq.p99 > FQ_P99_MAX_MS {

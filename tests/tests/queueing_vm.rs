@@ -33,13 +33,14 @@
 //! Run (as root, after `vm-images/build.sh`):
 //! `cargo build --release -p vhost-tap && cargo test --release -p e2e --test queueing_vm -- --nocapture`
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::slowguest::{iperf3_streams, is_gauge, parse_ping, percentile, summed, Json};
-use e2e::{daemon_drops, sh, stop, tap_stat, wait_for, Daemon, Guest, TempDir};
+use e2e::slowguest::{iperf3_retransmits, iperf3_streams, parse_ping, percentile};
+use e2e::Guest;
+use testkit::{sh, stop, tap_stat, wait_for, Daemon, DeviceReport, ReportExt, TempDir};
 
 const HOST_IP: &str = "198.18.210.1";
 const GUEST_IP: &str = "198.18.210.2";
@@ -80,7 +81,7 @@ struct Measurement {
     /// TCP retransmits of the senders (`end.sum_sent.retransmits`).
     retransmits: u64,
     /// Daemon counters over the run, summed over queues (gauges: the highest).
-    daemon: HashMap<String, u64>,
+    daemon: BTreeMap<String, u64>,
     /// Guest boot to iperf3 server ready, wall.
     boot_s: f64,
 }
@@ -173,35 +174,15 @@ fn print_table(ms: &[&Measurement]) {
     eprintln!("{t}");
 }
 
-fn deltas(c0: &[HashMap<String, u64>], c1: &[HashMap<String, u64>]) -> HashMap<String, u64> {
-    let (a, b) = (summed(c0), summed(c1));
-    let mut d: HashMap<String, u64> = b
-        .iter()
-        .map(|(k, v)| {
-            let v = if is_gauge(k) {
-                *v
-            } else {
-                v.saturating_sub(a.get(k).copied().unwrap_or(0))
-            };
-            (k.clone(), v)
-        })
-        .collect();
+/// The daemon's counters over the run (`since`: totals as deltas, gauges
+/// as they are at the end), plus `daemon_drops`.
+fn deltas(c0: &DeviceReport, c1: &DeviceReport) -> BTreeMap<String, u64> {
+    let mut d = c1.since(c0);
     d.insert(
         "daemon_drops".into(),
-        daemon_drops(c1).saturating_sub(daemon_drops(c0)),
+        c1.dropped().saturating_sub(c0.dropped()),
     );
     d
-}
-
-/// `end.sum_sent.retransmits` of an `iperf3 -J` client run.
-fn iperf3_retransmits(json: &str) -> Option<u64> {
-    Json::parse(json)
-        .ok()?
-        .get("end")?
-        .get("sum_sent")?
-        .get("retransmits")?
-        .num()
-        .map(|n| n as u64)
 }
 
 /// The guest's script: an iperf3 server, a marker once it listens, then
@@ -216,7 +197,7 @@ fn guest_script() -> String {
 }
 
 fn measure(mode: &str) -> Measurement {
-    let mut d = Daemon::start(&["--mode", mode]);
+    let mut d = Daemon::start_args(&["--mode", mode]);
     let resolved = wait_for(Duration::from_secs(5), || {
         d.log_text()
             .contains(&format!("mode {mode} "))
@@ -284,7 +265,7 @@ fn measure(mode: &str) -> Measurement {
     let drops0 = tap_stat(&d.tap, "tx_dropped");
     let txp0 = tap_stat(&d.tap, "tx_packets");
 
-    let iperf_out = dir.0.join("iperf3.json");
+    let iperf_out = dir.join("iperf3.json");
     let mut client = Command::new("iperf3")
         .args(["-c", GUEST_IP, "-p", "5201", "-J", "-C", CONGESTION_CONTROL])
         .args(["-P", &FLOWS.to_string(), "-t", &SECS.to_string()])
@@ -349,11 +330,12 @@ fn measure(mode: &str) -> Measurement {
         boot_s,
     };
     drop(g);
-    let _ = d.shutdown();
+    d.terminate(Duration::from_secs(10));
     m
 }
 
 #[test]
+#[ignore = "needs root, QEMU 10 with the test guest and iperf3: run by tests/run.sh"]
 fn tcg_guest_fq_codel_mode_no_tail_drops_lower_p99() {
     let bp = measure("backpressure");
     let fq = measure("fq-codel");

@@ -14,7 +14,8 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{daemon_drops, stop, vm_lock, wait_for, Daemon, Guest, TempDir};
+use e2e::{vm_lock, Guest};
+use testkit::{stop, wait_for, Daemon, DeviceReport, ReportExt, TempDir};
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -55,14 +56,14 @@ fn xdp_flood(mode: Option<&str>, net: u8) {
     if let Some(m) = mode {
         args = vec!["--mode", m];
     }
-    let mut d = Daemon::start(&args);
+    let mut d = Daemon::start_args(&args);
     let (h, gip) = (format!("198.18.{net}.1"), format!("198.18.{net}.2"));
     let (h, gip) = (h.as_str(), gip.as_str());
     let gmac = format!("52:54:00:18:{net:02x}:02");
     let sync_port = 7000 + u16::from(net);
     d.add_host_ip(&format!("{h}/24"));
     let dir = TempDir::new("x");
-    let conf = dir.0.join("udp.trafgen");
+    let conf = dir.join("udp.trafgen");
     fs::write(
         &conf,
         format!(
@@ -93,7 +94,7 @@ timeout 60 nc -l -p SYNC_PORT </dev/null
     g.expect_marker("GXDP-READY", BOOT, "xdp-bench");
     let tx0 = d.tap_stat("tx_packets");
     let drop0 = d.tap_stat("tx_dropped");
-    let rx0 = d.counters()[0]["rx_frames"];
+    let rx0 = d.counters().at(0, "rx_frames");
     let sent = 1_000_000u64;
     let mut tg = Command::new("trafgen")
         .args(["--dev", &d.tap, "--conf", conf.to_str().unwrap()])
@@ -109,18 +110,17 @@ timeout 60 nc -l -p SYNC_PORT </dev/null
     g.expect_marker("GUEST-DONE", Duration::from_secs(60), "guest");
     // The guest is idle now: what the daemon read from the TAP, it delivered
     // (or its AQM dropped).
-    let aqm = |c: &[HashMap<String, u64>]| {
-        c[0].get("rx_aqm_codel_drops").copied().unwrap_or(0)
-            + c[0].get("rx_aqm_overlimit_drops").copied().unwrap_or(0)
+    let aqm = |c: &DeviceReport| {
+        c.queues[0].get("rx_aqm_codel_drops") + c.queues[0].get("rx_aqm_overlimit_drops")
     };
     let c = wait_for(Duration::from_secs(10), || {
         let c = d.counters();
-        (c[0]["rx_frames"] - rx0 + aqm(&c) == d.tap_stat("tx_packets") - tx0).then_some(c)
+        (c.at(0, "rx_frames") - rx0 + aqm(&c) == d.tap_stat("tx_packets") - tx0).then_some(c)
     });
     let c = c.unwrap_or_else(|| d.counters());
     let read = d.tap_stat("tx_packets") - tx0;
     let tail = d.tap_stat("tx_dropped") - drop0;
-    let delivered = c[0]["rx_frames"] - rx0;
+    let delivered = c.at(0, "rx_frames") - rx0;
     let xdp = stats(&g, "GSTAT");
     let avg: u64 = g
         .markers("Average packets/s")
@@ -140,8 +140,8 @@ timeout 60 nc -l -p SYNC_PORT </dev/null
          stops {}, ring high water {}; wall {:.1} s",
         mode.unwrap_or("default"),
         xdp.get("rx0_xdp_drops"),
-        c[0]["rx_reader_stops"],
-        c[0]["rx_ring_high_water"],
+        c.at(0, "rx_reader_stops"),
+        c.at(0, "rx_ring_high_water"),
         t0.elapsed().as_secs_f64()
     );
     assert!(avg > 0, "xdp-bench reported no packets");
@@ -149,7 +149,7 @@ timeout 60 nc -l -p SYNC_PORT </dev/null
         xdp.get("rx0_xdp_drops").copied().unwrap_or(0) > 0,
         "{xdp:?}"
     );
-    assert_eq!(daemon_drops(&c), 0, "{c:?}");
+    assert_eq!(c.dropped(), 0, "{c:?}");
     assert_eq!(
         delivered + aqm_drops,
         read,
@@ -162,7 +162,7 @@ timeout 60 nc -l -p SYNC_PORT </dev/null
     if mode == Some("backpressure") {
         assert_eq!(aqm_drops, 0, "AQM drops in backpressure mode: {c:?}");
         assert!(
-            c[0]["rx_reader_stops"] > 0,
+            c.at(0, "rx_reader_stops") > 0,
             "the slow guest never stopped the reader: {c:?}"
         );
     }
@@ -172,6 +172,7 @@ timeout 60 nc -l -p SYNC_PORT </dev/null
 /// The flood with the daemon's default mode (`auto`: fq-codel on kernels
 /// without IFF_BACKPRESSURE, like these).
 #[test]
+#[ignore = "needs root, QEMU 10 with the test guest and trafgen: run by tests/run.sh"]
 fn host_trafgen_flood_into_guest_xdp_drop() {
     let _l = vm_lock();
     xdp_flood(None, 110);
@@ -181,6 +182,7 @@ fn host_trafgen_flood_into_guest_xdp_drop() {
 /// the daemon drops nothing at all, the excess waits (and is tail-dropped)
 /// in the tun driver.
 #[test]
+#[ignore = "needs root, QEMU 10 with the test guest and trafgen: run by tests/run.sh"]
 fn host_trafgen_flood_into_guest_xdp_drop_backpressure_mode() {
     let _l = vm_lock();
     xdp_flood(Some("backpressure"), 112);
@@ -193,10 +195,11 @@ fn host_trafgen_flood_into_guest_xdp_drop_backpressure_mode() {
 /// driver stops the queue, and the qdisc requeues and holds a backlog. The
 /// daemon drops nothing, and every frame it took is on the TAP.
 #[test]
+#[ignore = "needs root, QEMU 10 with the test guest and trafgen: run by tests/run.sh"]
 fn guest_pktgen_flood_reaches_the_tap_without_daemon_drops() {
     let _l = vm_lock();
     let t0 = Instant::now();
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start_args(&[]);
     let (h, gip) = ("198.18.111.1", "198.18.111.2");
     d.add_host_ip(&format!("{h}/24"));
     let script = format!(
@@ -239,7 +242,7 @@ timeout 60 nc -l -p 7111 </dev/null
     );
     let c = wait_for(Duration::from_secs(10), || {
         let c = d.counters();
-        (c[0]["tx_frames"] == d.tap_stat("rx_packets") - rx0).then_some(c)
+        (c.at(0, "tx_frames") == d.tap_stat("rx_packets") - rx0).then_some(c)
     });
     let c = c.unwrap_or_else(|| d.counters());
     let on_tap = d.tap_stat("rx_packets") - rx0;
@@ -299,14 +302,15 @@ timeout 60 nc -l -p 7111 </dev/null
         q2a.1 - q2b.1,
         q2a.2 - q2b.2,
         backlog_max("GPG2"),
-        c[0]["tx_frames"],
-        c[0]["tx_tap_full"],
+        c.at(0, "tx_frames"),
+        c.at(0, "tx_tap_full"),
         t0.elapsed().as_secs_f64()
     );
     assert!(p1 > 0 && p2 > 0, "pktgen sent nothing");
-    assert_eq!(daemon_drops(&c), 0, "{c:?}");
+    assert_eq!(c.dropped(), 0, "{c:?}");
     assert_eq!(
-        c[0]["tx_frames"], on_tap,
+        c.at(0, "tx_frames"),
+        on_tap,
         "frames the daemon took but the TAP did not get"
     );
     // start_xmit frames all went to the driver; of the queue_xmit ones, what

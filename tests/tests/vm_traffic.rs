@@ -11,10 +11,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{
-    accept_timeout, daemon_drops, feature_bits, sh, vm_lock, vnet, wait_for, Daemon, Guest,
-    TcpBothWays, GUEST_FUNCS,
-};
+use e2e::{accept_timeout, feature_bits, vm_lock, vnet, Guest, TcpBothWays, GUEST_FUNCS};
+use testkit::{sh, wait_for, Daemon, DeviceReport, ReportExt};
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -66,10 +64,11 @@ fn assert_resolved(side: &str, n: &[(String, String, String)], addr: &str, mac: 
 /// host resolves the guest (IPv4, IPv6 global, IPv6 link-local), and ping
 /// works both ways over each.
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn arp_and_ipv6_neighbour_discovery_both_ways() {
     let _l = vm_lock();
     let t0 = Instant::now();
-    let d = Daemon::start(&[]);
+    let d = Daemon::start_args(&[]);
     let (h4, g4) = ("198.18.100.1", "198.18.100.2");
     let (h6, g6) = ("2001:db8:100::1", "2001:db8:100::2");
     let gmac = "52:54:00:18:64:02";
@@ -137,7 +136,7 @@ ip neigh show dev eth0 | sed 's/^/GNEIGH /'
     drop(g);
     let mut d = d;
     let c = d.counters();
-    assert_eq!(daemon_drops(&c), 0, "{c:?}");
+    assert_eq!(c.dropped(), 0, "{c:?}");
     eprintln!("neighbour discovery: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -163,9 +162,9 @@ ethtool -k eth0 | grep -E '^(tcp-segmentation-offload|tx-checksumming|rx-checksu
 struct Run {
     daemon: Daemon,
     guest: Guest,
-    counters: Vec<HashMap<String, u64>>,
+    counters: DeviceReport,
     /// Counters after guest → host, before host → guest.
-    mid: Vec<HashMap<String, u64>>,
+    mid: Option<DeviceReport>,
     features: u64,
 }
 
@@ -174,11 +173,11 @@ impl Run {
     /// guest → host during the guest → host transfer, host → guest during
     /// the host → guest one (the data, not the other side's ACKs).
     fn avg_frames(&self) -> (u64, u64, u64, u64) {
-        let (m, e) = (&self.mid[0], &self.counters[0]);
-        let tx = (m["tx_bytes"], m["tx_frames"]);
+        let (m, e) = (self.mid.as_ref().expect("mid counters"), &self.counters);
+        let tx = (m.at(0, "tx_bytes"), m.at(0, "tx_frames"));
         let rx = (
-            e["rx_bytes"] - m["rx_bytes"],
-            e["rx_frames"] - m["rx_frames"],
+            e.at(0, "rx_bytes") - m.at(0, "rx_bytes"),
+            e.at(0, "rx_frames") - m.at(0, "rx_frames"),
         );
         (tx.0 / tx.1.max(1), tx.1, rx.0 / rx.1.max(1), rx.1)
     }
@@ -188,7 +187,7 @@ impl Run {
 /// compared at both ends) and ping both ways.
 fn tcp_run(net: u8, bytes: u64, dev_opts: &str) -> Run {
     let t0 = Instant::now();
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start_args(&[]);
     let (h, gip) = (format!("198.18.{net}.1"), format!("198.18.{net}.2"));
     d.add_host_ip(&format!("{h}/24"));
     let mut tcp = TcpBothWays::listen(&h, bytes, Duration::from_secs(240)).pause_at(&gip, 7103);
@@ -206,8 +205,8 @@ fn tcp_run(net: u8, bytes: u64, dev_opts: &str) -> Run {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let g = Guest::boot(&d.socket, &script, &args);
     // The daemon's counters between the two directions.
-    let mut mid = Vec::new();
-    let r = tcp.finish_with(&g, Duration::from_secs(300), || mid = d.counters());
+    let mut mid = None;
+    let r = tcp.finish_with(&g, Duration::from_secs(300), || mid = Some(d.counters()));
     g.expect_marker("GUEST-DONE", Duration::from_secs(30), "guest");
     host_ping(&[&gip]).expect("host → guest ping");
     assert!(g.has_line("GPING-OK"), "guest → host ping failed");
@@ -234,9 +233,12 @@ fn tcp_run(net: u8, bytes: u64, dev_opts: &str) -> Run {
         t0.elapsed().as_secs_f64()
     );
     eprintln!("counters: {counters:?}");
-    assert_eq!(daemon_drops(&counters), 0, "{counters:?}");
-    let q = &counters[0];
-    assert!(q["tx_bytes"] >= bytes && q["rx_bytes"] >= bytes, "{q:?}");
+    assert_eq!(counters.dropped(), 0, "{counters:?}");
+    let q = &counters.queues[0];
+    assert!(
+        counters.at(0, "tx_bytes") >= bytes && counters.at(0, "rx_bytes") >= bytes,
+        "{q:?}"
+    );
     Run {
         daemon: d,
         guest: g,
@@ -250,6 +252,7 @@ fn tcp_run(net: u8, bytes: u64, dev_opts: &str) -> Run {
 /// negotiated, so GSO frames (up to 64 KiB) cross the TAP with the vnet
 /// header in both directions.
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn tcp_64mib_each_way_with_guest_offloads() {
     let _l = vm_lock();
     let r = tcp_run(101, 64 << 20, "");
@@ -306,6 +309,7 @@ host_ecn=off,host_ufo=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=
 
 /// 64 MiB each way by TCP with every offload off: MTU-sized frames only.
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn tcp_64mib_each_way_without_offloads() {
     let _l = vm_lock();
     let r = tcp_run(102, 64 << 20, NO_OFFLOADS);
@@ -372,24 +376,28 @@ fn ring_layout(net: u8, mrg: bool, event_idx: bool) {
 }
 
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn ring_layout_mrg_rxbuf_on_event_idx_on() {
     let _l = vm_lock();
     ring_layout(103, true, true);
 }
 
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn ring_layout_mrg_rxbuf_off_event_idx_off() {
     let _l = vm_lock();
     ring_layout(104, false, false);
 }
 
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn ring_layout_mrg_rxbuf_on_event_idx_off() {
     let _l = vm_lock();
     ring_layout(105, true, false);
 }
 
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn ring_layout_mrg_rxbuf_off_event_idx_on() {
     let _l = vm_lock();
     ring_layout(106, false, true);
@@ -416,14 +424,15 @@ fn discard_sink(l: TcpListener, n: usize) -> std::thread::JoinHandle<u64> {
 /// in the daemon's per-queue counters and in the guest (TX kicks per queue,
 /// interrupts per RX queue).
 #[test]
+#[ignore = "needs root and QEMU 10 with the test guest: run by tests/run.sh"]
 fn two_queue_pairs_both_carry_traffic() {
     let _l = vm_lock();
     let t0 = Instant::now();
-    let mut d = Daemon::start(&["--queues", "2"]);
+    let mut d = Daemon::start_args(&["--queues", "2"]);
     let (h, gip) = ("198.18.107.1", "198.18.107.2");
     d.add_host_ip(&format!("{h}/24"));
-    let dir = e2e::TempDir::new("mq");
-    let file = dir.0.join("data");
+    let dir = testkit::TempDir::new("mq");
+    let file = dir.join("data");
     e2e::random_file(&file, 4 << 20);
     let lsrc = TcpListener::bind((h, 0)).unwrap();
     let psrc = lsrc.local_addr().unwrap().port();
@@ -505,10 +514,10 @@ timeout 60 nc -l -p 7102 </dev/null
         .collect();
     let c = d.counters();
     eprintln!("guest: {stats:?} {irqs:?}\ndaemon: {c:?}");
-    assert_eq!(c.len(), 2, "daemon queues: {c:?}");
-    for (i, q) in c.iter().enumerate() {
+    assert_eq!(c.queues.len(), 2, "daemon queues: {c:?}");
+    for (i, q) in c.queues.iter().enumerate() {
         assert!(
-            q["rx_frames"] > 0 && q["tx_frames"] > 0,
+            c.at(i, "rx_frames") > 0 && c.at(i, "tx_frames") > 0,
             "daemon queue {i} idle: {q:?}"
         );
         assert!(stats[&format!("tx{i}_kicks")] > 0, "guest tx{i}: {stats:?}");
@@ -521,13 +530,13 @@ timeout 60 nc -l -p 7102 </dev/null
             "guest RX queue {i} interrupts: {irqs:?}"
         );
     }
-    assert_eq!(daemon_drops(&c), 0, "{c:?}");
+    assert_eq!(c.dropped(), 0, "{c:?}");
     eprintln!(
         "two queue pairs: rx {} / {} frames, tx {} / {} frames; wall {:.1} s",
-        c[0]["rx_frames"],
-        c[1]["rx_frames"],
-        c[0]["tx_frames"],
-        c[1]["tx_frames"],
+        c.at(0, "rx_frames"),
+        c.at(1, "rx_frames"),
+        c.at(0, "tx_frames"),
+        c.at(1, "tx_frames"),
         t0.elapsed().as_secs_f64()
     );
 }

@@ -1,49 +1,26 @@
 //! Integration tests on real TAP devices (need CAP_NET_ADMIN and
 //! /dev/net/tun). Every test uses its own interface name and a guard that
 //! deletes the interface even when the test fails. Traffic goes only into
-//! the TAPs the tests create.
+//! the TAPs the tests create. They are `#[ignore]`d (plain `cargo test`
+//! runs without root) and run by `tests/run.sh`; the three that need
+//! neither (argument checks, `TUNGETFEATURES`) always run.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tap::{
     BackpressureRequest, Error, Tap, TapConfig, IFF_BACKPRESSURE, IFF_MULTI_QUEUE, IFF_NO_PI,
     IFF_PERSIST, IFF_TAP, IFF_VNET_HDR, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN,
 };
+use testkit::{tap_exists, TapGuard};
 
 const VNET_HDR: usize = 12;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh interface name, "tt" + pid + counter (at most 12 bytes).
+/// A fresh interface name for this process and call.
 fn unique_name() -> String {
-    format!(
-        "tt{}x{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Deletes the interface on drop, whatever the test's outcome.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if exists(&self.0) {
-            let _ = Command::new("ip")
-                .args(["link", "del", &self.0])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    testkit::unique_name("tt")
 }
 
 fn sysfs(name: &str, attr: &str) -> String {
@@ -59,8 +36,8 @@ fn sysfs_hex(name: &str, attr: &str) -> u32 {
 }
 
 fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?} failed");
+    let out = testkit::ip(args);
+    assert!(out.status.success(), "ip {args:?} failed: {out:?}");
 }
 
 fn config(name: &str, queues: usize) -> TapConfig {
@@ -108,9 +85,10 @@ fn read_until_ethertype(tap: &Tap, ethertype: u16, timeout: Duration) -> Option<
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn create_single_queue_then_remove() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 1)).unwrap();
     assert!(tap.created());
     assert_eq!(tap.name(), name);
@@ -137,13 +115,14 @@ fn create_single_queue_then_remove() {
     assert_ne!(fdfl & libc::FD_CLOEXEC, 0);
     assert_eq!(tap.tx_dropped().unwrap(), 0);
     tap.close_and_remove().unwrap();
-    assert!(!exists(&name));
+    assert!(!tap_exists(&name));
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn create_four_queues_then_remove() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 4)).unwrap();
     assert!(tap.created());
     assert_eq!(tap.queue_count(), 4);
@@ -153,36 +132,39 @@ fn create_four_queues_then_remove() {
     fds.dedup();
     assert_eq!(fds.len(), 4);
     tap.close_and_remove().unwrap();
-    assert!(!exists(&name));
+    assert!(!tap_exists(&name));
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn drop_closes_a_created_tap() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 2)).unwrap();
-    assert!(exists(&name));
+    assert!(tap_exists(&name));
     drop(tap);
-    assert!(!exists(&name));
+    assert!(!tap_exists(&name));
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn kernel_picks_the_name_for_a_pattern() {
     let tap = Tap::open(&config("ttpat%d", 1)).unwrap();
-    let _cleanup = Cleanup(tap.name().to_owned());
+    let _cleanup = TapGuard(tap.name().to_owned());
     assert!(tap.name().starts_with("ttpat"));
     assert_ne!(tap.name(), "ttpat%d");
     assert!(tap.created());
-    assert!(exists(tap.name()));
+    assert!(tap_exists(tap.name()));
     let name = tap.name().to_owned();
     tap.close_and_remove().unwrap();
-    assert!(!exists(&name));
+    assert!(!tap_exists(&name));
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn attach_to_existing_persistent_multi_queue_tap() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     ip(&[
         "tuntap",
         "add",
@@ -199,16 +181,17 @@ fn attach_to_existing_persistent_multi_queue_tap() {
     assert!(tap.persistent());
     tap.close_and_remove().unwrap();
     assert!(
-        exists(&name),
+        tap_exists(&name),
         "an attached TAP must survive close_and_remove"
     );
     assert_ne!(sysfs_hex(&name, "tun_flags") & IFF_PERSIST, 0);
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn one_queue_attaches_to_existing_multi_queue_tap() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     ip(&["tuntap", "add", "dev", &name, "mode", "tap", "multi_queue"]);
     let tap = Tap::open(&config(&name, 1)).unwrap();
     assert!(!tap.created());
@@ -217,13 +200,14 @@ fn one_queue_attaches_to_existing_multi_queue_tap() {
     // `ip tuntap` made it without vnet_hdr; our attach set it.
     assert_ne!(tap.flags() & IFF_VNET_HDR, 0);
     tap.close_and_remove().unwrap();
-    assert!(exists(&name));
+    assert!(tap_exists(&name));
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn attached_tap_persist_flag_is_restored() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     ip(&["tuntap", "add", "dev", &name, "mode", "tap", "vnet_hdr"]);
     let cfg = TapConfig {
         persist: Some(false),
@@ -233,14 +217,15 @@ fn attached_tap_persist_flag_is_restored() {
     assert!(!tap.persistent());
     assert_eq!(sysfs_hex(&name, "tun_flags") & IFF_PERSIST, 0);
     tap.close_and_remove().unwrap();
-    assert!(exists(&name));
+    assert!(tap_exists(&name));
     assert_ne!(sysfs_hex(&name, "tun_flags") & IFF_PERSIST, 0);
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn created_persistent_tap_survives_drop_until_close_and_remove() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let cfg = TapConfig {
         persist: Some(true),
         ..config(&name, 1)
@@ -250,17 +235,18 @@ fn created_persistent_tap_survives_drop_until_close_and_remove() {
     assert!(tap.persistent());
     assert_ne!(sysfs_hex(&name, "tun_flags") & IFF_PERSIST, 0);
     tap.close_and_remove().unwrap();
-    assert!(!exists(&name));
+    assert!(!tap_exists(&name));
 
     let tap = Tap::open(&cfg).unwrap();
     drop(tap);
-    assert!(exists(&name), "a persistent TAP outlives a plain drop");
+    assert!(tap_exists(&name), "a persistent TAP outlives a plain drop");
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn existing_single_queue_tap_rejects_multi_queue() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     ip(&["tuntap", "add", "dev", &name, "mode", "tap", "vnet_hdr"]);
     let err = Tap::open(&config(&name, 4)).unwrap_err();
     assert!(matches!(err, Error::QueueModeMismatch { .. }), "{err:?}");
@@ -269,13 +255,14 @@ fn existing_single_queue_tap_rejects_multi_queue() {
     assert!(msg.contains("single-queue"), "{msg}");
     assert!(msg.contains("multi-queue"), "{msg}");
     assert!(msg.contains(&format!("ip link del {name}")), "{msg}");
-    assert!(exists(&name));
+    assert!(tap_exists(&name));
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn existing_tun_device_is_rejected() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     ip(&["tuntap", "add", "dev", &name, "mode", "tun"]);
     let err = Tap::open(&config(&name, 1)).unwrap_err();
     assert!(matches!(err, Error::ExistsAsTun { .. }), "{err:?}");
@@ -283,9 +270,10 @@ fn existing_tun_device_is_rejected() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn busy_single_queue_tap_is_reported() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let first = Tap::open(&config(&name, 1)).unwrap();
     let err = Tap::open(&config(&name, 1)).unwrap_err();
     match &err {
@@ -305,7 +293,7 @@ fn name_too_long_is_rejected() {
     let err = Tap::open(&config("ttabcdefghijklmn", 1)).unwrap_err();
     assert!(matches!(err, Error::NameTooLong { len: 16, .. }), "{err:?}");
     assert!(err.to_string().contains("ttabcdefghijklmn"));
-    assert!(!exists("ttabcdefghijklm"));
+    assert!(!tap_exists("ttabcdefghijklm"));
 }
 
 #[test]
@@ -318,9 +306,10 @@ fn zero_queues_is_rejected() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn txqueuelen_and_mtu_are_applied_and_link_is_up() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let cfg = TapConfig {
         txqueuelen: Some(321),
         mtu: Some(1400),
@@ -335,9 +324,10 @@ fn txqueuelen_and_mtu_are_applied_and_link_is_up() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn offload_flags_are_accepted_and_unknown_ones_rejected() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 2)).unwrap();
     tap.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
         .unwrap();
@@ -348,9 +338,10 @@ fn offload_flags_are_accepted_and_unknown_ones_rejected() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn vnet_hdr_size_below_ten_is_rejected() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 1)).unwrap();
     tap.set_vnet_hdr_size(10).unwrap();
     tap.set_vnet_hdr_size(12).unwrap();
@@ -362,9 +353,10 @@ fn vnet_hdr_size_below_ten_is_rejected() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn empty_queue_read_would_block() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 1)).unwrap();
     // Bring-up may queue IPv6 frames; drain them, then expect WouldBlock.
     let mut buf = [0u8; 2048];
@@ -379,9 +371,10 @@ fn empty_queue_read_would_block() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn written_frame_reaches_the_host() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 2)).unwrap();
     let before = tap.statistic("rx_packets").unwrap();
     let hdr = [0u8; VNET_HDR];
@@ -410,13 +403,14 @@ fn written_frame_reaches_the_host() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn host_arp_request_is_readable_with_vnet_header() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 1)).unwrap();
     // A /30 from the benchmarking range 198.18.0.0/15, per process and test.
     let third = (std::process::id() % 256) as u8;
-    let fourth = (COUNTER.fetch_add(1, Ordering::Relaxed) % 64 * 4) as u8;
+    let fourth = (testkit::unique() % 64 * 4) as u8;
     let local = Ipv4Addr::new(198, 18, third, fourth + 1);
     let peer = Ipv4Addr::new(198, 18, third, fourth + 2);
     ip(&["addr", "add", &format!("{local}/30"), "dev", &name]);
@@ -462,12 +456,13 @@ fn host_arp_request_is_readable_with_vnet_header() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn readv_splits_header_and_frame() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let tap = Tap::open(&config(&name, 1)).unwrap();
     let third = (std::process::id() % 256) as u8;
-    let fourth = (COUNTER.fetch_add(1, Ordering::Relaxed) % 64 * 4) as u8;
+    let fourth = (testkit::unique() % 64 * 4) as u8;
     let local = Ipv4Addr::new(198, 19, third, fourth + 1);
     let peer = Ipv4Addr::new(198, 19, third, fourth + 2);
     ip(&["addr", "add", &format!("{local}/30"), "dev", &name]);
@@ -503,9 +498,10 @@ fn kernel_features_include_what_we_need() {
 }
 
 #[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
 fn backpressure_is_set_exactly_when_the_kernel_offers_it() {
     let name = unique_name();
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = TapGuard(name.clone());
     let cfg = TapConfig {
         backpressure: BackpressureRequest::IfAvailable,
         ..config(&name, 2)

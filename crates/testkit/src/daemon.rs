@@ -24,23 +24,29 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 const RUST_LOG: &str = "info,vhost_tap=debug";
 
 /// The daemon binary: `$VHOST_TAP_BIN` if set, else `vhost-tap` beside the
-/// running test binary (`target/<profile>/`, where cargo builds it; a
-/// package's own integration tests can pass `CARGO_BIN_EXE_vhost-tap` in
-/// [`Opts::bin`] instead). Panics, saying what to build, if it is missing.
+/// running test binary ([`workspace_binary`]; a package's own integration
+/// tests can pass `CARGO_BIN_EXE_vhost-tap` in [`Opts::bin`] instead).
 pub fn daemon_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("VHOST_TAP_BIN") {
-        return PathBuf::from(p);
+    match std::env::var_os("VHOST_TAP_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_binary("vhost-tap", "vhost-tap"),
     }
+}
+
+/// The binary `name` of workspace package `package`, built beside the
+/// running test binary (`target/<profile>/`, as `cargo build [--release]`
+/// leaves it). Panics, saying what to build, if it is missing.
+pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test binary> → target/<profile>/vhost-tap
+    // target/<profile>/deps/<test binary> → target/<profile>/<name>
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test binary is not in target/<profile>/deps")
-        .join("vhost-tap");
+        .join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first (cargo build [--release] -p vhost-tap)",
+        "{} is missing: build it first (cargo build [--release] -p {package} --bins)",
         bin.display()
     );
     bin

@@ -18,7 +18,7 @@ pub mod daemon;
 pub mod net;
 pub mod report;
 
-pub use daemon::{daemon_binary, Daemon, Opts};
+pub use daemon::{daemon_binary, workspace_binary, Daemon, Opts};
 pub use net::{ip, quiet_tap, tap_exists, tap_stat, TapGuard};
 pub use report::{is_gauge, reports_of, ReportExt};
 pub use vhost_tap::counters::{DeviceReport, QueueReport, ReportEvent};

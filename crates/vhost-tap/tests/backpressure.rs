@@ -11,6 +11,7 @@ use common::*;
 use vu_driver::RxFrame;
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn slow_guest_causes_no_daemon_drops() {
     const RING: usize = 64;
     const POSTED: usize = 32;
@@ -18,7 +19,7 @@ fn slow_guest_causes_no_daemon_drops() {
     let mut d = Daemon::start(Opts {
         ring_size: Some(RING),
         extra: vec!["--mode".into(), "backpressure".into()],
-        ..Opts::default()
+        ..opts()
     });
     let mut drv = d.connect();
     let tx_dropped_before = tap_stat(&d.tap, "tx_dropped");
@@ -38,28 +39,29 @@ fn slow_guest_causes_no_daemon_drops() {
     // reader stopped.
     let c = wait_for(Duration::from_secs(10), || {
         let c = d.counters();
-        (c[0]["rx_frames"] >= POSTED as u64
-            && c[0]["rx_reader_stops"] >= 1
-            && c[0]["rx_ring_high_water"] >= RING as u64)
+        (c.at(0, "rx_frames") >= POSTED as u64
+            && c.at(0, "rx_reader_stops") >= 1
+            && c.at(0, "rx_ring_high_water") >= RING as u64)
             .then_some(c)
     })
     .unwrap_or_else(|| panic!("reader never stopped on a full ring: {:?}", d.counters()));
     assert_eq!(
-        c[0]["rx_frames"], POSTED as u64,
+        c.at(0, "rx_frames"),
+        POSTED as u64,
         "more frames than buffers: {:?}",
-        c[0]
+        c.queues[0]
     );
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "daemon drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
     let tail_drops = tap_stat(&d.tap, "tx_dropped") - tx_dropped_before;
     assert!(
         tail_drops > 0,
         "the tun driver dropped nothing: did the daemon read and discard instead?"
     );
-    eprintln!("tun tail drops: {tail_drops}; counters {:?}", c[0]);
+    eprintln!("tun tail drops: {tail_drops}; counters {:?}", c.queues[0]);
 
     let mut got: Vec<RxFrame> = drv
         .recv(0)
@@ -106,14 +108,14 @@ fn slow_guest_causes_no_daemon_drops() {
     }
     let c = d.counters();
     assert!(
-        c[0]["rx_reader_wakes"] >= 1,
+        c.at(0, "rx_reader_wakes") >= 1,
         "reader never woken: {:?}",
-        c[0]
+        c.queues[0]
     );
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "daemon drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
     eprintln!("{} frames before, {after} after the guest came back", first);
 }
@@ -123,6 +125,7 @@ fn slow_guest_causes_no_daemon_drops() {
 /// frame of one flow reaches the guest in order once it posts buffers again
 /// (a backlog younger than CoDel's interval is never dropped).
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
     const RING: usize = 64;
     const CHUNK: u32 = 500;
@@ -130,7 +133,7 @@ fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
     let mut d = Daemon::start(Opts {
         ring_size: Some(RING),
         extra: vec!["--mode".into(), "fq-codel".into()],
-        ..Opts::default()
+        ..opts()
     });
     assert!(d.log_text().contains("mode fq-codel"), "{}", d.log_text());
     let mut drv = d.connect();
@@ -154,7 +157,7 @@ fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
         let want = u64::from((chunk + 1) * CHUNK);
         let c = wait_for(Duration::from_secs(10), || {
             let c = d.counters();
-            (c[0]["rx_aqm_backlog_frames"] >= want).then_some(c)
+            (c.at(0, "rx_aqm_backlog_frames") >= want).then_some(c)
         });
         assert!(
             c.is_some(),
@@ -168,15 +171,16 @@ fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
         0,
         "tun tail drops"
     );
-    assert_eq!(c[0]["rx_frames"], 0, "no buffers were posted");
+    assert_eq!(c.at(0, "rx_frames"), 0, "no buffers were posted");
     // The hand-off ring may fill within one read batch; the drain into the
     // AQM wakes the reader at once, so no stop outlives its batch.
     assert_eq!(
-        c[0]["rx_reader_stops"], c[0]["rx_reader_wakes"],
+        c.at(0, "rx_reader_stops"),
+        c.at(0, "rx_reader_wakes"),
         "the reader stayed stopped: {:?}",
-        c[0]
+        c.queues[0]
     );
-    assert!(nonzero_drops(&c).is_empty(), "{:?}", nonzero_drops(&c));
+    assert!(c.nonzero_drops().is_empty(), "{:?}", c.nonzero_drops());
     // The guest comes back within CoDel's interval: everything arrives, in order, intact.
     let mut got: Vec<RxFrame> = Vec::new();
     let total = (CHUNK * CHUNKS) as usize;
@@ -189,12 +193,12 @@ fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
     }
     let got: Vec<RxFrame> = got.into_iter().filter(|f| has_tag(&f.data, tag)).collect();
     let c = d.counters();
-    let codel = c[0]["rx_aqm_codel_drops"];
+    let codel = c.at(0, "rx_aqm_codel_drops");
     assert_eq!(
         got.len() as u64 + codel,
         total as u64,
         "frames lost without a reason: {:?}",
-        c[0]
+        c.queues[0]
     );
     let mut last = None;
     for f in &got {
@@ -209,7 +213,7 @@ fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
         );
         last = Some(seq);
     }
-    assert_eq!(c[0]["rx_aqm_backlog_frames"], 0);
+    assert_eq!(c.at(0, "rx_aqm_backlog_frames"), 0);
     eprintln!(
         "fq-codel: {} frames delivered, {codel} CoDel drops, 0 tun tail drops",
         got.len()

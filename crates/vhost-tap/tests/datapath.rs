@@ -13,8 +13,9 @@ const N: usize = 1000;
 const SEC5: Duration = Duration::from_secs(5);
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn qemu_message_order_is_accepted() {
-    let d = Daemon::start_queues(1);
+    let d = start_queues(1);
     let mut drv = d.connect_with(DriverConfig {
         qemu_order: true,
         ..d.driver_config()
@@ -35,7 +36,7 @@ fn qemu_message_order_is_accepted() {
 }
 
 fn host_to_guest(mrg_rxbuf: bool, event_idx: bool) {
-    let mut d = Daemon::start_queues(1);
+    let mut d = start_queues(1);
     let mut drv = d.connect_with(DriverConfig {
         mrg_rxbuf,
         event_idx,
@@ -101,16 +102,16 @@ fn host_to_guest(mrg_rxbuf: bool, event_idx: bool) {
     assert_eq!(drv.rx_malformed(), 0);
     let c = d.counters();
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
     // The guest kept buffers posted: frames went straight from the TAP into
     // them (the direct path), not through the ring.
-    let direct = sum(&c, "rx_direct_frames");
+    let direct = c.sum("rx_direct_frames");
     eprintln!(
         "{direct} of {} frames read directly into guest buffers",
-        sum(&c, "rx_frames")
+        c.sum("rx_frames")
     );
     assert!(
         direct >= N as u64 / 2,
@@ -119,27 +120,31 @@ fn host_to_guest(mrg_rxbuf: bool, event_idx: bool) {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn host_to_guest_frames_arrive_byte_exact_mrg_eventidx() {
     host_to_guest(true, true);
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn host_to_guest_frames_arrive_byte_exact_mrg_no_eventidx() {
     host_to_guest(true, false);
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn host_to_guest_frames_arrive_byte_exact_no_mrg_eventidx() {
     host_to_guest(false, true);
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn host_to_guest_frames_arrive_byte_exact_no_mrg_no_eventidx() {
     host_to_guest(false, false);
 }
 
 fn guest_to_host(event_idx: bool) {
-    let mut d = Daemon::start_queues(1);
+    let mut d = start_queues(1);
     let mut drv = d.connect_with(DriverConfig {
         event_idx,
         ..d.driver_config()
@@ -184,29 +189,32 @@ fn guest_to_host(event_idx: bool) {
         assert!(g == f, "frame {i}: content differs");
     }
     let c = d.counters();
-    assert_eq!(sum(&c, "tx_frames"), N as u64, "{c:?}");
+    assert_eq!(c.sum("tx_frames"), N as u64, "{c:?}");
     let bytes: usize = frames.iter().map(Vec::len).sum();
-    assert_eq!(sum(&c, "tx_bytes"), bytes as u64, "{c:?}");
+    assert_eq!(c.sum("tx_bytes"), bytes as u64, "{c:?}");
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn guest_to_host_frames_arrive_byte_exact_eventidx() {
     guest_to_host(true);
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn guest_to_host_frames_arrive_byte_exact_no_eventidx() {
     guest_to_host(false);
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tso_64k_frames_cross_both_ways_with_offloads() {
-    let mut d = Daemon::start_queues(1);
+    let mut d = start_queues(1);
     let mut drv = d.connect_with(DriverConfig {
         offloads: true,
         ..d.driver_config()
@@ -304,18 +312,18 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
     );
     let c = d.counters();
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
-    assert_eq!(sum(&c, "tx_frames"), 1);
-    assert_eq!(sum(&c, "tx_bytes"), frame.len() as u64);
+    assert_eq!(c.sum("tx_frames"), 1);
+    assert_eq!(c.sum("tx_bytes"), frame.len() as u64);
 }
 
 /// One queue pair, a guest with offloads (and MRG_RXBUF) whose features the
 /// daemon has applied to the TAP, and a vnet-header packet socket on the TAP.
 fn with_offloads() -> (Daemon, vu_driver::Driver, PacketSock) {
-    let d = Daemon::start_queues(1);
+    let d = start_queues(1);
     let drv = d.connect_with(DriverConfig {
         offloads: true,
         ..d.driver_config()
@@ -333,6 +341,7 @@ fn with_offloads() -> (Daemon, vu_driver::Driver, PacketSock) {
 /// largest frame is gathered after a large one), and small frames after
 /// them too. Every frame byte-exact, in order, with its `num_buffers`.
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn large_frames_spill_once_then_go_direct() {
     let (mut d, mut drv, sock) = with_offloads();
     let mss = 1448usize;
@@ -380,11 +389,11 @@ fn large_frames_spill_once_then_go_direct() {
     assert_eq!(drv.rx_malformed(), 0);
     let c = d.counters();
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
-    let delta = |k: &str| sum(&c, k) - sum(&before, k);
+    let delta = |k: &str| c.sum(k) - before.sum(k);
     let (frames, direct) = (delta("rx_frames"), delta("rx_direct_frames"));
     assert!(frames >= 6, "rx_frames {frames}");
     assert!(
@@ -399,6 +408,7 @@ fn large_frames_spill_once_then_go_direct() {
 /// buffer, short ones in the compact arena) and reach the guest byte-exact
 /// once it posts buffers.
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn long_and_short_frames_wait_in_the_ring_intact() {
     let (mut d, mut drv, sock) = with_offloads();
     let tag = fresh_tag();
@@ -426,7 +436,7 @@ fn long_and_short_frames_wait_in_the_ring_intact() {
     // No buffers yet: everything waits in the daemon.
     let waiting = wait_for(SEC5, || {
         let c = d.counters();
-        (c[0]["rx_no_guest_buffers"] >= 1).then_some(())
+        (c.at(0, "rx_no_guest_buffers") >= 1).then_some(())
     });
     assert!(waiting.is_some(), "the frames never waited for buffers");
     let got = guest_recv(&mut drv, 0, sent.len(), 4096, SEC5, |f| {
@@ -447,15 +457,16 @@ fn long_and_short_frames_wait_in_the_ring_intact() {
     );
     let c = d.counters();
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn two_queue_pairs_both_carry_traffic() {
-    let mut d = Daemon::start_queues(2);
+    let mut d = start_queues(2);
     let mut drv = d.connect();
     let sock = PacketSock::open(&d.tap, false);
     let tag = fresh_tag();
@@ -490,23 +501,24 @@ fn two_queue_pairs_both_carry_traffic() {
         "per pair {per_pair:?}"
     );
     let c = d.counters();
-    for (q, qc) in c.iter().enumerate() {
-        assert!(qc["tx_frames"] >= 10, "queue {q}: tx_frames {qc:?}");
+    for (q, qc) in c.queues.iter().enumerate() {
+        assert!(c.at(q, "tx_frames") >= 10, "queue {q}: tx_frames {qc:?}");
         assert!(
-            qc["rx_frames"] > 0,
+            c.at(q, "rx_frames") > 0,
             "queue {q} got no RX frame: per pair {per_pair:?}"
         );
     }
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn reconnect_after_disconnect() {
-    let mut d = Daemon::start_queues(1);
+    let mut d = start_queues(1);
     let pid = d.pid;
     let mut drv = d.connect();
     check_both_ways(&d, &mut drv, 0);
@@ -526,11 +538,11 @@ fn reconnect_after_disconnect() {
     assert!(d.alive(), "daemon died");
     assert_eq!(d.pid, pid);
     let c = d.counters();
-    assert_eq!(sum(&c, "tx_frames"), 3);
+    assert_eq!(c.sum("tx_frames"), 3);
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
 }
 
@@ -555,9 +567,10 @@ fn fired(fd: std::os::fd::RawFd, ms: i32) -> bool {
 /// completed transmissions, with and without EVENT_IDX: a guest that sleeps
 /// until its interrupt must not wait forever.
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn guest_gets_interrupts_for_rx_and_tx() {
     for event_idx in [true, false] {
-        let d = Daemon::start_queues(1);
+        let d = start_queues(1);
         let mut drv = d.connect_with(DriverConfig {
             event_idx,
             ..d.driver_config()
@@ -606,9 +619,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// buffers it saw, and delivers the frame whole once the guest posts more.
 /// (It used to spin forever: "enable notification, avail != next_avail, retry".)
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn big_frame_waits_for_enough_mergeable_buffers_without_spinning() {
     for event_idx in [true, false] {
-        let mut d = Daemon::start_queues(1);
+        let mut d = start_queues(1);
         let mut drv = d.connect_with(DriverConfig {
             offloads: true,
             event_idx,
@@ -627,7 +641,7 @@ fn big_frame_waits_for_enough_mergeable_buffers_without_spinning() {
         // The daemon has the frame and waits for buffers; it must be idle.
         let waiting = wait_for(SEC5, || {
             let c = d.counters();
-            (c[0]["rx_no_guest_buffers"] >= 1).then_some(())
+            (c.at(0, "rx_no_guest_buffers") >= 1).then_some(())
         });
         assert!(waiting.is_some(), "the frame never waited for buffers");
         let t0 = cpu_seconds(d.pid);
@@ -663,10 +677,11 @@ fn big_frame_waits_for_enough_mergeable_buffers_without_spinning() {
 /// (The direct path used to hand all of them to `readv`, which failed with
 /// EINVAL for every frame: RX stalled.)
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn rx_chain_of_more_buffers_than_readv_takes_still_receives() {
     use vu_driver::features::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vu_driver::RawDesc;
-    let mut d = Daemon::start_queues(1);
+    let mut d = start_queues(1);
     let mut drv = d.connect();
     d.wait_log(&["guest acked features"], SEC5).unwrap();
     let (scratch, room) = drv.scratch();
@@ -715,10 +730,10 @@ fn rx_chain_of_more_buffers_than_readv_takes_still_receives() {
     assert_eq!(len, 12 + got[12..].len());
     let c = d.counters();
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
-    assert_eq!(c[0]["rx_queue_broken"], 0, "{:?}", c[0]);
-    assert!(c[0]["rx_frames"] >= 1, "{:?}", c[0]);
+    assert_eq!(c.at(0, "rx_queue_broken"), 0, "{:?}", c.queues[0]);
+    assert!(c.at(0, "rx_frames") >= 1, "{:?}", c.queues[0]);
 }

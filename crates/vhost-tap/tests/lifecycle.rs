@@ -6,11 +6,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use testkit::ReportEvent;
 use vu_driver::{Driver, DriverConfig, RawDesc};
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn sigterm_cleans_up_a_created_tap() {
-    let mut d = Daemon::start_queues(1);
+    let mut d = start_queues(1);
     let drv = d.connect();
     let st = d
         .terminate(Duration::from_secs(5))
@@ -29,32 +31,22 @@ fn sigterm_cleans_up_a_created_tap() {
         d.tap
     );
     assert!(
-        d.log_text().contains("final counters"),
-        "no final counters in the log"
+        d.reports().iter().any(|r| r.event == ReportEvent::Exit),
+        "no final counters (exit report) in the log"
     );
     drop(drv);
 }
 
-/// Deletes the TAP on drop (the test created it).
-struct TapGuard(String);
-
-impl Drop for TapGuard {
-    fn drop(&mut self) {
-        if tap_exists(&self.0) {
-            let _ = ip(&["link", "del", &self.0]);
-        }
-    }
-}
-
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn sigterm_leaves_a_preexisting_tap() {
-    let name = unique_tap_name();
+    let name = unique_name("vti");
     let out = ip(&["tuntap", "add", "dev", &name, "mode", "tap", "vnet_hdr"]);
     assert!(out.status.success(), "ip tuntap add: {out:?}");
     let _guard = TapGuard(name.clone());
     let mut d = Daemon::start(Opts {
         tap: Some(name.clone()),
-        ..Opts::default()
+        ..opts()
     });
     d.wait_log(&[&format!("TAP {name} attached")], Duration::from_secs(5))
         .expect("daemon did not say it attached");
@@ -82,9 +74,10 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
+/// Pure: every error is caught before a TAP is opened (no root needed).
 #[test]
 fn config_errors_are_precise() {
-    let dir = temp_dir();
+    let dir = TempDir::new("it");
     let file = dir.join("vt.toml");
     let f = file.display().to_string();
 
@@ -128,16 +121,16 @@ fn config_errors_are_precise() {
     assert_ne!(code, Some(0));
     assert!(err.contains("--queues"), "{err}");
     assert!(!tap_exists("vtix0"), "a TAP was created despite the error");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One daemon, two devices from a config file: a guest that breaks device
 /// A's TX queue leaves device B untouched, and both listen again after their
 /// frontends leave.
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn two_devices_from_a_config_file_are_independent() {
-    let dir = temp_dir();
-    let (tap_a, tap_b) = (unique_tap_name(), unique_tap_name());
+    let dir = TempDir::new("it");
+    let (tap_a, tap_b) = (unique_name("vti"), unique_name("vti"));
     let (sock_a, sock_b) = (dir.join("a.sock"), dir.join("b.sock"));
     let cfg = dir.join("vhost-tap.toml");
     std::fs::write(
@@ -149,97 +142,76 @@ fn two_devices_from_a_config_file_are_independent() {
         ),
     )
     .unwrap();
-    let _guards = (TapGuard(tap_a.clone()), TapGuard(tap_b.clone()));
-    let log = dir.join("daemon.log");
-    let mut child = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let up = wait_for(Duration::from_secs(10), || {
-        (sock_a.exists() && sock_b.exists()).then_some(())
+    // Both sockets exist once it starts (or it panics with the log).
+    let mut d = Daemon::start_config(
+        Some(BIN.into()),
+        dir,
+        &cfg,
+        vec![
+            (sock_a.clone(), tap_a.clone()),
+            (sock_b.clone(), tap_b.clone()),
+        ],
+    );
+    let cfg_a = DriverConfig {
+        socket: sock_a.clone(),
+        ..DriverConfig::default()
+    };
+    let mut a = Driver::connect(cfg_a).expect("device A");
+    let mut b = Driver::connect(DriverConfig {
+        socket: sock_b.clone(),
+        ..DriverConfig::default()
+    })
+    .expect("device B");
+    // Break A's TX queue: a descriptor outside guest memory.
+    let bad = RawDesc {
+        addr: a.guest_mem_size() + 4096,
+        len: 100,
+        flags: 0,
+        next: 0,
+    };
+    a.raw_post(1, &[bad], &[0]);
+    let broken = d.wait_log(
+        &[&format!("{tap_a} queue 0"), "broken"],
+        Duration::from_secs(5),
+    );
+    assert!(broken.is_some(), "A's queue not reported broken");
+    // B carries traffic both ways.
+    let sock = PacketSock::open(&tap_b, false);
+    let tag = fresh_tag();
+    let f = test_frame(GUEST_MAC, HOST_MAC, tag, 0, 200);
+    guest_send(&mut b, 0, &[0; 12], &f);
+    let got = sock.recv_matching(1, Duration::from_secs(5), |x| has_tag(x, tag));
+    assert_eq!(got.len(), 1, "B: guest→host frame lost");
+    assert_eq!(got[0].1, f);
+    let h = test_frame(HOST_MAC, GUEST_MAC, tag, 1, 300);
+    sock.send(&h);
+    let got = guest_recv(&mut b, 0, 1, 2048, Duration::from_secs(5), |x| {
+        has_tag(&x.data, tag)
     });
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        assert!(up.is_some(), "both sockets should exist:\n{}", log_text());
-        quiet_tap(&tap_a);
-        quiet_tap(&tap_b);
-        let cfg_a = DriverConfig {
-            socket: sock_a.clone(),
-            ..DriverConfig::default()
-        };
-        let mut a = Driver::connect(cfg_a).expect("device A");
-        let mut b = Driver::connect(DriverConfig {
-            socket: sock_b.clone(),
-            ..DriverConfig::default()
-        })
-        .expect("device B");
-        // Break A's TX queue: a descriptor outside guest memory.
-        let bad = RawDesc {
-            addr: a.guest_mem_size() + 4096,
-            len: 100,
-            flags: 0,
-            next: 0,
-        };
-        a.raw_post(1, &[bad], &[0]);
-        let broken = wait_for(Duration::from_secs(5), || {
-            log_text()
-                .lines()
-                .find(|l| l.contains(&format!("{tap_a} queue 0")) && l.contains("broken"))
-                .map(str::to_string)
-        });
-        assert!(
-            broken.is_some(),
-            "A's queue not reported broken:\n{}",
-            log_text()
-        );
-        // B carries traffic both ways.
-        let sock = PacketSock::open(&tap_b, false);
-        let tag = fresh_tag();
-        let f = test_frame(GUEST_MAC, HOST_MAC, tag, 0, 200);
-        guest_send(&mut b, 0, &[0; 12], &f);
-        let got = sock.recv_matching(1, Duration::from_secs(5), |x| has_tag(x, tag));
-        assert_eq!(got.len(), 1, "B: guest→host frame lost");
-        assert_eq!(got[0].1, f);
-        let h = test_frame(HOST_MAC, GUEST_MAC, tag, 1, 300);
-        sock.send(&h);
-        let got = guest_recv(&mut b, 0, 1, 2048, Duration::from_secs(5), |x| {
-            has_tag(&x.data, tag)
-        });
-        assert_eq!(got.len(), 1, "B: host→guest frame lost");
-        assert_eq!(got[0].data, h);
-        // Both frontends leave; both devices listen again.
-        drop(a);
-        drop(b);
-        let again = wait_for(Duration::from_secs(5), || {
-            (log_text().matches("listening again").count() >= 2).then_some(())
-        });
-        assert!(again.is_some(), "{}", log_text());
-        let mut b2 = Driver::connect(DriverConfig {
-            socket: sock_b.clone(),
-            ..DriverConfig::default()
-        })
-        .expect("device B again");
-        let f = test_frame(GUEST_MAC, HOST_MAC, tag, 2, 200);
-        guest_send(&mut b2, 0, &[0; 12], &f);
-        let got = sock.recv_matching(1, Duration::from_secs(5), |x| has_tag(x, tag));
-        assert_eq!(got.len(), 1, "B after reconnect: frame lost");
-        assert!(!log_text().contains("panicked"), "{}", log_text());
-    }));
-    // SAFETY: kill(2) on our own child's PID, not yet reaped.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let st = wait_for(Duration::from_secs(5), || child.try_wait().ok().flatten());
-    if st.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Err(e) = result {
-        eprintln!("---- daemon log ----\n{}", log_text());
-        std::panic::resume_unwind(e);
-    }
+    assert_eq!(got.len(), 1, "B: host→guest frame lost");
+    assert_eq!(got[0].data, h);
+    // Both frontends leave; both devices listen again.
+    drop(a);
+    drop(b);
+    let again = wait_for(Duration::from_secs(5), || {
+        (d.log_text().matches("listening again").count() >= 2).then_some(())
+    });
+    assert!(again.is_some(), "both devices should listen again");
+    let mut b2 = Driver::connect(DriverConfig {
+        socket: sock_b.clone(),
+        ..DriverConfig::default()
+    })
+    .expect("device B again");
+    let f = test_frame(GUEST_MAC, HOST_MAC, tag, 2, 200);
+    guest_send(&mut b2, 0, &[0; 12], &f);
+    let got = sock.recv_matching(1, Duration::from_secs(5), |x| has_tag(x, tag));
+    assert_eq!(got.len(), 1, "B after reconnect: frame lost");
+    assert!(
+        !d.log_text().contains("panicked"),
+        "a daemon thread panicked"
+    );
+    drop(b2);
+    let st = d.terminate(Duration::from_secs(5));
     assert!(
         st.is_some_and(|s| s.success()),
         "exit after SIGTERM: {st:?}"
@@ -249,19 +221,20 @@ fn two_devices_from_a_config_file_are_independent() {
 /// A TAP the daemon creates gets the same host-side MAC at every start, so
 /// neighbour caches survive a daemon restart.
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn created_tap_keeps_its_mac_across_restarts() {
-    let name = unique_tap_name();
+    let name = unique_name("vti");
     let mac_of = |n: &str| std::fs::read_to_string(format!("/sys/class/net/{n}/address")).unwrap();
     let mut d = Daemon::start(Opts {
         tap: Some(name.clone()),
-        ..Opts::default()
+        ..opts()
     });
     let first = mac_of(&name);
     assert!(first.starts_with("fe:54:00:"), "{first}");
     d.terminate(Duration::from_secs(5)).expect("stopped");
     let _d2 = Daemon::start(Opts {
         tap: Some(name.clone()),
-        ..Opts::default()
+        ..opts()
     });
     assert!(_d2.log_text().contains(&format!("TAP {name} created")));
     assert_eq!(mac_of(&name), first);

@@ -25,7 +25,7 @@ enum Abuse {
 /// Break vring `vring` (RX0 or TX0) of pair 0 with `abuse(driver)`, expect a
 /// log line containing `why`, then check the rest of the device.
 fn untrusted(vring: usize, abuse: impl FnOnce(&Driver) -> Abuse, why: &str) {
-    let mut d = Daemon::start_queues(2);
+    let mut d = start_queues(2);
     let mut drv = d.connect();
     match abuse(&drv) {
         Abuse::Descs(descs, heads) => drv.raw_post(vring, &descs, &heads),
@@ -60,12 +60,16 @@ fn untrusted(vring: usize, abuse: impl FnOnce(&Driver) -> Abuse, why: &str) {
         line.unwrap_or_else(|| panic!("no log line with {needles:?}; log:\n{}", d.log_text()));
     eprintln!("daemon said: {line}");
     let c = d.counters();
-    assert!(c[0][counter] >= 1, "queue 0 {counter}: {:?}", c[0]);
+    assert!(
+        c.at(0, counter) >= 1,
+        "queue 0 {counter}: {:?}",
+        c.queues[0]
+    );
     assert_eq!(
-        c[1]["rx_queue_broken"] + c[1]["tx_queue_broken"],
+        c.at(1, "rx_queue_broken") + c.at(1, "tx_queue_broken"),
         0,
         "{:?}",
-        c[1]
+        c.queues[1]
     );
     assert!(d.alive(), "daemon died");
 
@@ -74,9 +78,9 @@ fn untrusted(vring: usize, abuse: impl FnOnce(&Driver) -> Abuse, why: &str) {
     assert!(d.alive(), "daemon died");
     let c = d.counters();
     assert!(
-        c[1]["tx_frames"] >= 1 && c[1]["rx_frames"] >= 1,
+        c.at(1, "tx_frames") >= 1 && c.at(1, "rx_frames") >= 1,
         "pair 1 traffic not counted on queue 1: {:?}",
-        c[1]
+        c.queues[1]
     );
 
     // A new connection gets a working device.
@@ -88,9 +92,9 @@ fn untrusted(vring: usize, abuse: impl FnOnce(&Driver) -> Abuse, why: &str) {
     check_both_ways(&d, &mut drv, 1);
     let c = d.counters();
     assert!(
-        nonzero_drops(&c).is_empty(),
+        c.nonzero_drops().is_empty(),
         "drops: {:?}",
-        nonzero_drops(&c)
+        c.nonzero_drops()
     );
 }
 
@@ -104,6 +108,7 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tx_descriptor_outside_guest_memory() {
     untrusted(
         TX0,
@@ -116,6 +121,7 @@ fn tx_descriptor_outside_guest_memory() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn rx_descriptor_outside_guest_memory() {
     untrusted(
         RX0,
@@ -128,6 +134,7 @@ fn rx_descriptor_outside_guest_memory() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tx_descriptor_loop() {
     untrusted(
         TX0,
@@ -143,6 +150,7 @@ fn tx_descriptor_loop() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tx_zero_length_descriptor() {
     untrusted(
         TX0,
@@ -155,6 +163,7 @@ fn tx_zero_length_descriptor() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tx_device_writable_buffer() {
     untrusted(
         TX0,
@@ -167,6 +176,7 @@ fn tx_device_writable_buffer() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn rx_device_readable_buffer() {
     untrusted(
         RX0,
@@ -179,6 +189,7 @@ fn rx_device_readable_buffer() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tx_chain_longer_than_the_queue() {
     untrusted(
         TX0,
@@ -196,6 +207,7 @@ fn tx_chain_longer_than_the_queue() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tx_avail_index_jumps_beyond_the_queue() {
     untrusted(
         TX0,
@@ -205,6 +217,7 @@ fn tx_avail_index_jumps_beyond_the_queue() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn tx_next_index_out_of_range() {
     untrusted(
         TX0,

@@ -1,291 +1,57 @@
-//! Test harness for the daemon's integration tests: a [`Daemon`] guard that
-//! runs the binary on a unique socket and TAP, an AF_PACKET [`PacketSock`]
-//! for the host side of the TAP, frame builders and guest-side helpers.
+//! What the daemon's integration tests share beyond the workspace's test
+//! kit (`testkit`: the [`Daemon`] guard, its counters, waits, names): the
+//! daemon with this package's binary ([`opts`], [`start_queues`]), a
+//! [`vu_driver`] guest on its socket ([`Connect`]), an AF_PACKET
+//! [`PacketSock`] for the host side of the TAP, frame builders and
+//! guest-side helpers.
 //!
-//! Everything waits by polling with a deadline; nothing sleeps blindly.
+//! Every test of these files needs root and /dev/net/tun (a real TAP): they
+//! are `#[ignore]`d with that reason, and `tests/run.sh` runs them.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vu_driver::{Driver, DriverConfig, RxFrame};
 
+// What the test files use of the kit (each file uses some).
+#[allow(unused_imports)]
+pub use testkit::{
+    ip, tap_exists, tap_stat, unique, unique_name, wait_for, Daemon, Opts, ReportExt, TapGuard,
+    TempDir,
+};
+
+/// The daemon binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_vhost-tap");
 
-/// Poll interval of every wait loop.
-const POLL: Duration = Duration::from_millis(5);
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh, unique number for names in this test process.
-pub fn unique() -> usize {
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A TAP name unique to this process and call, at most 15 bytes.
-pub fn unique_tap_name() -> String {
-    let name = format!("vti{}x{}", std::process::id() % 100_000, unique());
-    assert!(name.len() <= 15, "{name}");
-    name
-}
-
-/// A fresh private temporary directory.
-pub fn temp_dir() -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("vhost-tap-it.{}.{}", std::process::id(), unique()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
-}
-
-/// Poll `f` until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(POLL);
+/// Default daemon options, with this package's binary.
+pub fn opts() -> Opts {
+    Opts {
+        bin: Some(BIN.into()),
+        ..Opts::default()
     }
 }
 
-pub fn tap_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+/// A daemon of this package with `queues` queue pairs.
+pub fn start_queues(queues: usize) -> Daemon {
+    Daemon::start(Opts {
+        queues: Some(queues),
+        ..opts()
+    })
 }
 
-/// `/sys/class/net/NAME/statistics/COUNTER`.
-pub fn tap_stat(name: &str, counter: &str) -> u64 {
-    let p = format!("/sys/class/net/{name}/statistics/{counter}");
-    std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("reading {p}: {e}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("parsing {p}: {e}"))
-}
-
-/// Disable IPv6 on `name` so that the host sends no stray frames into it.
-pub fn quiet_tap(name: &str) {
-    let p = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    if Path::new(&p).exists() {
-        let _ = std::fs::write(&p, "1");
-    }
-}
-
-pub fn ip(args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip(8)")
-}
-
-fn open_append(p: &Path) -> File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(p)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", p.display()))
-}
-
-/// Options of one daemon run.
-#[derive(Clone, Debug)]
-pub struct Opts {
-    pub queues: usize,
-    pub queue_size: Option<u16>,
-    pub ring_size: Option<usize>,
-    /// Use this TAP name instead of a fresh one (a pre-existing TAP).
-    pub tap: Option<String>,
-    pub extra: Vec<String>,
-}
-
-impl Default for Opts {
-    fn default() -> Self {
-        Opts {
-            queues: 1,
-            queue_size: None,
-            ring_size: None,
-            tap: None,
-            extra: Vec::new(),
-        }
-    }
-}
-
-/// The daemon under test. Dropping it stops it (SIGTERM, SIGKILL after 5 s),
-/// removes its socket directory and its TAP, and prints its log if the test
-/// is panicking.
-pub struct Daemon {
-    child: Option<Child>,
-    pub pid: u32,
-    pub tap: String,
-    pub dir: PathBuf,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-    pub queues: usize,
-    exit: Option<ExitStatus>,
-}
-
-impl Daemon {
-    pub fn start(opts: Opts) -> Daemon {
-        let dir = temp_dir();
-        let socket = dir.join("vhost.sock");
-        let log = dir.join("daemon.log");
-        let tap = opts.tap.clone().unwrap_or_else(unique_tap_name);
-        let mut args: Vec<String> = vec![
-            "--socket".into(),
-            socket.display().to_string(),
-            "--tap".into(),
-            tap.clone(),
-            "--queues".into(),
-            opts.queues.to_string(),
-        ];
-        if let Some(q) = opts.queue_size {
-            args.extend(["--queue-size".into(), q.to_string()]);
-        }
-        if let Some(r) = opts.ring_size {
-            args.extend(["--ring-size".into(), r.to_string()]);
-        }
-        args.extend(opts.extra.iter().cloned());
-        let child = Command::new(BIN)
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(open_append(&log))
-            .stderr(open_append(&log))
-            .spawn()
-            .expect("spawning vhost-tap");
-        let mut d = Daemon {
-            pid: child.id(),
-            child: Some(child),
-            tap,
-            dir,
-            socket,
-            log,
-            queues: opts.queues,
-            exit: None,
-        };
-        let up = wait_for(Duration::from_secs(10), || {
-            if d.socket.exists() {
-                return Some(true);
-            }
-            if !d.alive() {
-                return Some(false);
-            }
-            None
-        });
-        match up {
-            Some(true) => {}
-            Some(false) => panic!(
-                "vhost-tap exited before listening ({:?}); log:\n{}",
-                d.exit,
-                d.log_text()
-            ),
-            None => panic!(
-                "vhost-tap did not create {} within 10 s; log:\n{}",
-                d.socket.display(),
-                d.log_text()
-            ),
-        }
-        quiet_tap(&d.tap);
-        d
-    }
-
-    pub fn start_queues(queues: usize) -> Daemon {
-        Daemon::start(Opts {
-            queues,
-            ..Opts::default()
-        })
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether the process still runs (reaps it if not).
-    pub fn alive(&mut self) -> bool {
-        if self.exit.is_some() {
-            return false;
-        }
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(None)) => true,
-            Some(Ok(Some(st))) => {
-                self.exit = Some(st);
-                false
-            }
-            _ => false,
-        }
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with the PID of our own child, which we have not
-        // reaped yet (so the PID cannot have been reused).
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, sig);
-        }
-    }
-
-    /// SIGTERM and wait up to `timeout` for the exit; `None` on timeout.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.alive() {
-            self.signal(libc::SIGTERM);
-        }
-        wait_for(timeout, || if self.alive() { None } else { self.exit })
-    }
-
-    /// Wait until a log line containing every one of `needles` appears; returns that line.
-    pub fn wait_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
-        wait_for(timeout, || {
-            self.log_text()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string)
-        })
-    }
-
-    /// Panics if a daemon thread panicked.
-    pub fn assert_no_panic(&self) {
-        let log = self.log_text();
-        if let Some(l) = log.lines().find(|l| l.contains("panicked at")) {
-            panic!("a daemon thread panicked: {l}");
-        }
-    }
-
-    /// Counters per queue pair: sends SIGUSR1 and parses the new report.
-    pub fn counters(&mut self) -> Vec<HashMap<String, u64>> {
-        self.assert_no_panic();
-        assert!(
-            self.alive(),
-            "daemon is not running; log:\n{}",
-            self.log_text()
-        );
-        let before = count_reports(&self.log_text());
-        self.signal(libc::SIGUSR1);
-        let queues = self.queues;
-        wait_for(Duration::from_secs(5), || {
-            let text = self.log_text();
-            if count_reports(&text) <= before {
-                return None;
-            }
-            parse_last_report(&text, queues)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no complete counter report after SIGUSR1; log:\n{}",
-                self.log_text()
-            )
-        })
-    }
-
+/// The guest side of a [`Daemon`]: a [`vu_driver`] frontend on its socket.
+pub trait Connect {
     /// A driver config for this daemon's socket and queue pairs.
-    pub fn driver_config(&self) -> DriverConfig {
+    fn driver_config(&self) -> DriverConfig;
+    fn connect(&self) -> Driver;
+    fn connect_with(&self, cfg: DriverConfig) -> Driver;
+}
+
+impl Connect for Daemon {
+    fn driver_config(&self) -> DriverConfig {
         DriverConfig {
             socket: self.socket.clone(),
             queue_pairs: self.queues,
@@ -293,109 +59,17 @@ impl Daemon {
         }
     }
 
-    pub fn connect(&self) -> Driver {
+    fn connect(&self) -> Driver {
         self.connect_with(self.driver_config())
     }
 
-    pub fn connect_with(&self, cfg: DriverConfig) -> Driver {
+    fn connect_with(&self, cfg: DriverConfig) -> Driver {
         Driver::connect(cfg).unwrap_or_else(|e| {
             panic!(
                 "connecting the driver failed: {e}; daemon log:\n{}",
                 self.log_text()
             )
         })
-    }
-}
-
-/// A report header line: `... counters:` (not `final counters:`).
-fn is_report_header(line: &str) -> bool {
-    let l = line.trim_end();
-    l.ends_with(" counters:") && !l.ends_with("final counters:")
-}
-
-fn count_reports(text: &str) -> usize {
-    text.lines().filter(|l| is_report_header(l)).count()
-}
-
-/// Parses one counter line: `device=NAME queue=N key=value ...`.
-pub fn parse_counter_line(line: &str) -> Option<HashMap<String, u64>> {
-    let mut it = line
-        .split_whitespace()
-        .skip_while(|w| !w.starts_with("device="));
-    it.next()?;
-    let mut m = HashMap::new();
-    for w in it {
-        let (k, v) = w.split_once('=')?;
-        m.insert(k.to_string(), v.parse().ok()?);
-    }
-    m.contains_key("queue").then_some(m)
-}
-
-/// The last complete SIGUSR1 report (`queues` lines after its header).
-fn parse_last_report(text: &str, queues: usize) -> Option<Vec<HashMap<String, u64>>> {
-    if !text.ends_with('\n') {
-        return None;
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    let h = lines.iter().rposition(|l| is_report_header(l))?;
-    let mut out = Vec::new();
-    for l in lines.iter().skip(h + 1).take(queues) {
-        out.push(parse_counter_line(l)?);
-    }
-    if out.len() != queues {
-        return None;
-    }
-    for (i, q) in out.iter().enumerate() {
-        assert_eq!(q["queue"], i as u64, "report lines out of order: {text}");
-    }
-    Some(out)
-}
-
-/// Sum of one counter over all queues.
-pub fn sum(c: &[HashMap<String, u64>], key: &str) -> u64 {
-    c.iter()
-        .map(|q| {
-            *q.get(key)
-                .unwrap_or_else(|| panic!("no counter {key} in {q:?}"))
-        })
-        .sum()
-}
-
-/// Every `*_dropped_*` counter that is not 0, as (queue, name, value).
-pub fn nonzero_drops(c: &[HashMap<String, u64>]) -> Vec<(usize, String, u64)> {
-    let mut v = Vec::new();
-    for (i, q) in c.iter().enumerate() {
-        for (k, &n) in q {
-            if k.contains("_dropped_") && n != 0 {
-                v.push((i, k.clone(), n));
-            }
-        }
-    }
-    v
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.alive() {
-            self.signal(libc::SIGTERM);
-            if wait_for(Duration::from_secs(5), || (!self.alive()).then_some(())).is_none() {
-                self.signal(libc::SIGKILL);
-                if let Some(c) = self.child.as_mut() {
-                    let _ = c.wait();
-                }
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "----- vhost-tap log ({}) -----\n{}\n----- end of log -----",
-                self.log.display(),
-                self.log_text()
-            );
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if tap_exists(&self.tap) {
-            let _ = ip(&["link", "del", &self.tap]);
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -110,10 +110,9 @@ pub struct RawBackend {
     pub thread: Option<JoinHandle<()>>,
 }
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
+/// A socket path unique to this process and call.
 pub fn sock_path(tag: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let n = testkit::unique();
     std::env::temp_dir().join(format!("vu-driver-{tag}-{}-{n}.sock", std::process::id()))
 }
 
