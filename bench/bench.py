@@ -243,37 +243,60 @@ def qdisc_stats(tap):
             "qdisc_requeues": int(m.group(5))}
 
 
-def daemon_counters(proc, timeout=5.0):
-    """SIGUSR1, then the last report: summed over queues {counter: value}."""
-    before = proc.text().count("counters:")
-    proc.p.send_signal(signal.SIGUSR1)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        text = proc.text()
-        if text.count("counters:") > before:
-            time.sleep(0.05)
-            return parse_counters(proc.text())
-        time.sleep(0.02)
-    return {}
+# The daemon's and vu-bridge's counter reports: one JSON object per line
+# after these tags (the human `counters:` lines beside them are not read).
+DAEMON_JSON_TAG = "counters-json "
+BRIDGE_JSON_TAG = "vu-bridge: counters-json "
 
 
-def parse_counters(text):
-    start = text.rfind("counters:")
-    if start < 0:
-        return {}
-    out = {}
-    for line in text[start:].splitlines()[1:]:
-        line = line.strip()
-        if not line.startswith("device="):
-            if line and not line.startswith("tap=") and "=" not in line.split()[0]:
-                break
+def json_reports(text, tag):
+    """Every JSON object that follows `tag` on a line of `text`, in order;
+    a line cut off mid-report (a crash) is skipped."""
+    out = []
+    for line in text.splitlines():
+        i = line.find(tag)
+        if i < 0:
             continue
-        for kv in line.split()[2:]:
-            k, _, v = kv.partition("=")
-            try:
-                out[k] = out.get(k, 0) + int(v)
-            except ValueError:
-                pass
+        try:
+            out.append(json.loads(line[i + len(tag):]))
+        except ValueError:
+            pass
+    return out
+
+
+def signal_reports(text, tag):
+    """The reports asked for with SIGUSR1 (not those at a disconnect or exit)."""
+    return [r for r in json_reports(text, tag) if r.get("event") == "signal"]
+
+
+def new_signal_report(proc, tag, timeout):
+    """SIGUSR1 to proc, then its new report; None if none came in time."""
+    before = len(signal_reports(proc.text(), tag))
+    try:
+        proc.p.send_signal(signal.SIGUSR1)
+    except ProcessLookupError:
+        return None
+
+    def new():
+        r = signal_reports(proc.text(), tag)
+        return r[-1] if len(r) > before else None
+    return wait_until(new, timeout, 0.02)
+
+
+def daemon_counters(proc, timeout=5.0):
+    """SIGUSR1, then the new report: summed over queues {counter: value}."""
+    r = new_signal_report(proc, DAEMON_JSON_TAG, timeout)
+    return parse_counters(r) if r else {}
+
+
+def parse_counters(report):
+    """A daemon device report (JSON object) as {counter: value} summed over
+    its queue pairs."""
+    out = {}
+    for q in report.get("queues", []):
+        for k, v in q.items():
+            if k != "queue" and isinstance(v, int):
+                out[k] = out.get(k, 0) + v
     return out
 
 
@@ -636,29 +659,11 @@ def iperf3_streams(path):
     return [s["receiver"]["bits_per_second"] for s in streams]
 
 
-def kv_line(text, marker):
-    """`k=v` integer pairs of the last line containing marker."""
-    lines = [l for l in text.splitlines() if marker in l]
-    if not lines:
-        return {}
-    out = {}
-    for kv in lines[-1].split():
-        k, _, v = kv.partition("=")
-        if v.isdigit():
-            out[k] = int(v)
-    return out
-
-
 def bridge_counters(proc, timeout=5.0):
-    """vu-bridge's counters now (SIGUSR1; one `vu-bridge: counters: k=v ...` line)."""
-    before = proc.text().count("counters:")
-    try:
-        proc.p.send_signal(signal.SIGUSR1)
-    except ProcessLookupError:
-        return {}
-    if wait_until(lambda: proc.text().count("counters:") > before, timeout, 0.02):
-        return kv_line(proc.text(), "counters:")
-    return {}
+    """vu-bridge's counters now: SIGUSR1, then its new JSON report
+    ({counter: value}; its `event` left out)."""
+    r = new_signal_report(proc, BRIDGE_JSON_TAG, timeout)
+    return {k: v for k, v in r.items() if k != "event"} if r else {}
 
 
 def ns_tap_stats(ns, dev):
