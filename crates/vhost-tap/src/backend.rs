@@ -13,6 +13,7 @@
 //! and ours above it ([`WorkerEvent`]).
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -275,6 +276,35 @@ impl VhostUserBackend for NetBackend {
 
     fn set_event_idx(&self, _enabled: bool) {}
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // Vrings 2p and 2p + 1 are pair p's RX and TX.
+        let p = queue_index as usize / 2;
+        if p >= self.device.pairs.len() {
+            return Ok(());
+        }
+        let mut pair = self.device.pair(p);
+        let (dir, was_broken) = if queue_index & 1 == 0 {
+            ("RX", pair.reset_rx())
+        } else {
+            ("TX", pair.reset_tx())
+        };
+        if was_broken {
+            info!(
+                "{}: queue {p}: the guest reset its broken {dir} queue; it is served again once enabled",
+                self.device.settings.name
+            );
+        }
+        Ok(())
+    }
+
+    fn reset_device(&self) {
+        for p in 0..self.device.pairs.len() {
+            let mut pair = self.device.pair(p);
+            let _ = pair.reset_rx();
+            let _ = pair.reset_tx();
+        }
+    }
+
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let s = &self.device.settings;
         let mut cfg = Vec::with_capacity(12);
@@ -304,7 +334,19 @@ impl VhostUserBackend for NetBackend {
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (c, n) = self.exits.get(thread_index)?;
-        Some((c.try_clone().ok()?, n.try_clone().ok()?))
+        // vhost-user-backend 0.24 puts the consumer into its worker's epoll
+        // with `into_raw_fd` and never closes it: a dup handed over here
+        // leaked one fd per worker per connection (a daemon whose guest
+        // reboots every few minutes ran out of fds within days). So the
+        // library gets our own fd number, which `self.exits` keeps owning
+        // and closes when this backend drops: after every worker is gone,
+        // since each holds an `Arc` of the backend.
+        // SAFETY: `c` owns an open eventfd for as long as `self` lives. The
+        // library (pinned to =0.24.0 in the workspace manifest because of
+        // this) only turns the lent consumer into a raw fd for epoll and
+        // never closes it, so the fd is closed exactly once, by `c`.
+        let lent = unsafe { EventConsumer::from_raw_fd(c.as_raw_fd()) };
+        Some((lent, n.try_clone().ok()?))
     }
 
     fn handle_event(

@@ -161,6 +161,25 @@ impl QueuePair {
         self.tx_kicks_on = true;
     }
 
+    /// The guest stopped its RX vring (`GET_VRING_BASE`, as at a driver
+    /// reset): forget what this connection knew of it, a broken state
+    /// included, so that the next enable serves it afresh. Frames in the
+    /// ring stay.
+    pub fn reset_rx(&mut self) -> bool {
+        let was_broken = std::mem::take(&mut self.rx_broken);
+        self.rx_kicks_on = true;
+        self.rx_used = UsedBatch::default();
+        was_broken
+    }
+
+    /// The same for the TX vring. Returns whether it was broken.
+    pub fn reset_tx(&mut self) -> bool {
+        let was_broken = std::mem::take(&mut self.tx_broken);
+        self.tx_kicks_on = true;
+        self.tx_used = UsedBatch::default();
+        was_broken
+    }
+
     /// Count the frames still in the ring (and the AQM) as lost (daemon shutdown).
     pub fn drop_ring_at_shutdown(&mut self) {
         let mut n = 0;

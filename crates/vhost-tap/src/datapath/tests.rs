@@ -483,3 +483,52 @@ fn tx_chain_outside_guest_memory_breaks_the_queue() {
     assert!(tap.written.lock().unwrap().is_empty());
     assert_eq!(tx.used_idx(), 0);
 }
+
+#[test]
+fn a_guest_reset_of_a_broken_rx_queue_serves_it_again() {
+    let tap = Arc::new(ScriptedTap::default());
+    let mut qp = pair(&tap);
+    let mut rx = Vring::new();
+    rx.post_rx(2);
+    tap.read_script([Step::Errno(libc::EFAULT), Step::Frame(tap_frame(60, 1))]);
+    let mem = rx.mem.clone();
+    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
+    assert_eq!(qp.broken(), (true, false));
+    // The guest resets the vring on the same connection (GET_VRING_BASE,
+    // then a fresh setup): the queue is served again, the frame that
+    // waited in the ring meanwhile is delivered.
+    qp.tap_readable();
+    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
+    assert_eq!(rx.used_idx(), 0);
+    assert!(qp.reset_rx(), "it was broken");
+    let mut fresh = Vring::new();
+    fresh.post_rx(1);
+    let mem = fresh.mem.clone();
+    let _ = qp.rx_run(&mut fresh.queue, &mem, neg(), true);
+    assert_eq!(qp.broken(), (false, false));
+    assert_eq!(fresh.used_idx(), 1);
+    assert_eq!(get(&qp.counters.rx_frames), 1);
+}
+
+#[test]
+fn a_guest_reset_of_a_broken_tx_queue_serves_it_again() {
+    let tap = Arc::new(ScriptedTap::default());
+    let mut qp = pair(&tap);
+    let mut tx = Vring::new();
+    tx.post_tx(&tap_frame(60, 1));
+    tx.mem
+        .write_obj(0x200_000u64.to_le(), GuestAddress(DESC))
+        .unwrap();
+    let mem = tx.mem.clone();
+    let _ = qp.tx_run(&mut tx.queue, &mem, neg());
+    assert_eq!(qp.broken(), (false, true));
+    assert!(qp.reset_tx());
+    assert!(!qp.reset_tx(), "a second reset finds it healthy");
+    let mut fresh = Vring::new();
+    let f = tap_frame(64, 2);
+    fresh.post_tx(&f);
+    let mem = fresh.mem.clone();
+    let _ = qp.tx_run(&mut fresh.queue, &mem, neg());
+    assert_eq!(*tap.written.lock().unwrap(), vec![f]);
+    assert_eq!(qp.broken(), (false, false));
+}
