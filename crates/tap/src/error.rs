@@ -82,6 +82,10 @@ pub enum Error {
     /// we cannot work with (the kernel keeps the first attacher's flags).
     #[error("TAP {name} is already attached by another process with flags {flags:#x}, lacking IFF_NO_PI or IFF_VNET_HDR; stop that process or use another TAP")]
     AttachedFlags { name: String, flags: u32 },
+    /// Another process holds queues of this multi-queue TAP: serving it
+    /// too would split its traffic between two backends.
+    #[error("TAP {name} is already served by another process ({theirs} queue(s) attached besides ours); stop that process or pick another TAP")]
+    AttachedElsewhere { name: String, theirs: usize },
     /// TUNSETVNETHDRSZ failed.
     #[error("TUNSETVNETHDRSZ {size} on TAP {name} failed: {source}")]
     SetVnetHdrSize {

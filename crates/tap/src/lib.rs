@@ -226,6 +226,20 @@ impl Tap {
             });
         }
 
+        // A single-queue TAP that another process holds refuses TUNSETIFF
+        // (EBUSY); a multi-queue one takes our queues beside theirs. The
+        // device's queue count (one sysfs `tx-N` per attached queue) says
+        // whether anyone else is there.
+        if existing.is_some() && multi_queue {
+            let attached = attached_queues(&name)?;
+            if attached > queues.len() {
+                return Err(Error::AttachedElsewhere {
+                    name,
+                    theirs: attached - queues.len(),
+                });
+            }
+        }
+
         let mut tap = Tap {
             queues,
             name,
@@ -584,6 +598,22 @@ fn interface_exists(name: &str) -> bool {
 
 /// The tun flags of an existing interface `name` (`/sys/class/net/NAME/tun_flags`),
 /// `None` if there is no such interface, `Error::NotATap` if it is not a tun device.
+/// How many queues are attached to the TAP `name` now: tun keeps the
+/// device's real TX queue count equal to its attached queues (at least 1),
+/// and sysfs shows one `queues/tx-N` directory per real queue.
+fn attached_queues(name: &str) -> Result<usize, Error> {
+    let path = Path::new(SYS_CLASS_NET).join(name).join("queues");
+    let dir = std::fs::read_dir(&path).map_err(|source| Error::ReadSysfs {
+        name: name.to_string(),
+        path: path.clone(),
+        source,
+    })?;
+    Ok(dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tx-"))
+        .count())
+}
+
 fn existing_tun_flags(name: &str) -> Result<Option<u32>, Error> {
     if !interface_exists(name) {
         return Ok(None);

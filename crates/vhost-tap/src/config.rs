@@ -191,11 +191,11 @@ impl RawDevice {
             .as_ref()
             .ok_or_else(|| o.err(None, "tap", "is required".into()))?;
         let name = tap.get_ref();
-        if name.is_empty() || name.len() > 15 || name.contains(['/', ':', ' ', '\0']) {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ':', ' ', '%', '\0']) {
             return Err(o.err(
                 Some(tap.span()),
                 "tap",
-                format!("\"{name}\" is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"),
+                format!("\"{name}\" is not a valid interface name (1 to 15 characters, no '/', ':', '%' or spaces)"),
             ));
         }
         let queues = o.int(&self.queues, "queues", DEFAULT_QUEUES, 1, MAX_QUEUES as i64)?;

@@ -74,7 +74,7 @@ enum StartError {
     Config(#[from] config::ConfigError),
     #[error("cannot create the private socket directory: {0}")]
     PrivateDir(std::io::Error),
-    #[error("{tap}: TAP: {source}")]
+    #[error("{source}")]
     Tap { tap: String, source: tap::Error },
     #[error("{tap}: {source}")]
     Device {
@@ -127,6 +127,18 @@ fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, StartError> {
     Ok(vec![raw.check_cli()?])
 }
 
+/// Every signal whose default action would end the daemon without cleanup
+/// and that someone may send on purpose: taken by the main thread.
+const HANDLED_SIGNALS: [i32; 7] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+];
+
 /// Block the signals we handle in every thread; the main thread takes them with sigwait.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -135,12 +147,25 @@ fn block_signals() -> libc::sigset_t {
     // thread's mask, before any other thread exists.
     unsafe {
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGUSR1);
+        for sig in HANDLED_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     set
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGUSR1 => "SIGUSR1".into(),
+        libc::SIGUSR2 => "SIGUSR2".into(),
+        libc::SIGALRM => "SIGALRM".into(),
+        n => n.to_string(),
+    }
 }
 
 fn wait_signal(set: &libc::sigset_t) -> i32 {
@@ -279,10 +304,14 @@ fn run(cli: &Cli) -> Result<(), StartError> {
                     s.device.log_report(ReportEvent::Signal, "counters");
                 }
             }
-            sig => {
-                info!("signal {sig}: shutting down");
+            sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
+                info!("signal {}: shutting down", signal_name(sig));
                 break;
             }
+            sig => warn!(
+                "signal {}: ignored (SIGUSR1 prints the counters, SIGTERM/SIGINT/SIGQUIT shut down)",
+                signal_name(sig)
+            ),
         }
     }
     stop_servers(&stop, &servers, threads);

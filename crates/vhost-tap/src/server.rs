@@ -108,10 +108,39 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
 
 /// The directory for the relay's inner sockets: mode 0700, ours alone.
 pub fn private_dir() -> io::Result<PathBuf> {
+    remove_stale_private_dirs(&std::env::temp_dir());
     let dir = std::env::temp_dir().join(format!("vhost-tap.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
+}
+
+/// Remove the private directories that daemons killed without cleanup
+/// (SIGKILL, a crash) left in `tmp`: `vhost-tap.PID` of a PID that no
+/// longer runs.
+fn remove_stale_private_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vhost-tap."))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => info!(
+                    "removed {}, left by a daemon that is gone",
+                    e.path().display()
+                ),
+                Err(err) => warn!("cannot remove the stale {}: {err}", e.path().display()),
+            }
+        }
+    }
 }
 
 impl DeviceServer {
