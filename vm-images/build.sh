@@ -34,9 +34,10 @@ done
 log() { echo "build.sh: $*" >&2; }
 T0=$(date +%s.%N)
 
-# Modules loaded at boot (with their dependencies), and modules only shipped
+# Modules loaded at boot (with their dependencies; virtio_pci is a module,
+# not built in, in Debian 12 kernels such as 6.1.0-57), and modules only shipped
 # (loadable in the guest with `modprobe NAME`).
-BOOT_MODULES="virtio_net qemu_fw_cfg pktgen"
+BOOT_MODULES="virtio_pci virtio_net qemu_fw_cfg pktgen"
 EXTRA_MODULES="sch_netem sch_prio sch_fq sch_sfq sch_codel sch_cake sch_ingress cls_bpf cls_u32 act_gact act_mirred ifb veth tun"
 
 # Host-side binaries copied into the guest: "host path:guest path".
