@@ -16,7 +16,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -148,6 +148,25 @@ impl Guest {
         v
     }
 
+    /// Let the guest script end: it waits in `timeout 60 nc -l -p PORT`
+    /// for the host to connect to `ip:port` (up to 30 s). Then its exit
+    /// status must be 0 within 60 s.
+    pub fn release(&self, ip: &str, port: u16) {
+        let s = wait_for(Duration::from_secs(30), || {
+            TcpStream::connect((ip, port)).ok()
+        });
+        assert!(
+            s.is_some(),
+            "cannot reach the guest's sync port {ip}:{port}"
+        );
+        drop(s);
+        assert_eq!(
+            self.wait_script(Duration::from_secs(60)),
+            Some(0),
+            "guest script"
+        );
+    }
+
     pub fn alive(&self) -> bool {
         // SAFETY: signal 0 only checks that the PID exists.
         unsafe { libc::kill(self.pid, 0) == 0 }
@@ -213,6 +232,16 @@ pub mod vnet {
     pub const MQ: u64 = 1 << 22;
     pub const EVENT_IDX: u64 = 1 << 29;
     pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// One ping from the host to `ip` (1 s wait) was answered.
+pub fn host_pings(ip: &str) -> bool {
+    Command::new("ping")
+        .args(["-c", "1", "-W", "1", "-n", "-q", ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Accept one connection, giving up after `timeout`.

@@ -159,13 +159,7 @@ impl SlowGuest {
         ));
         sg.host_addr_added = true;
         let up = wait_for(Duration::from_secs(15), || {
-            Command::new("ping")
-                .args(["-c", "1", "-W", "1", "-n", "-q", &sg.guest_ip])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .ok()
-                .filter(|s| s.success())
+            crate::host_pings(&sg.guest_ip).then_some(())
         });
         assert!(
             up.is_some(),
@@ -340,6 +334,25 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// max/min − 1 of per-flow throughputs (infinite if a flow got nothing).
+pub fn spread(flows: &[f64]) -> f64 {
+    let max = flows.iter().cloned().fold(f64::MIN, f64::max);
+    let min = flows.iter().cloned().fold(f64::MAX, f64::min);
+    if min <= 0.0 {
+        f64::INFINITY
+    } else {
+        max / min - 1.0
+    }
+}
+
+/// Per cent of `tx` pings left unanswered (NaN if none were sent).
+pub fn loss_pct(tx: u64, rx: u64) -> f64 {
+    if tx == 0 {
+        return f64::NAN;
+    }
+    100.0 * (tx - rx.min(tx)) as f64 / tx as f64
+}
+
 /// Per-stream receiver throughput (bit/s) of an `iperf3 -J` client run
 /// (`end.streams[i].receiver.bits_per_second`), and the iperf3 error if any.
 pub fn iperf3_streams(json: &str) -> Result<Vec<f64>, String> {
@@ -402,6 +415,10 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert!(percentile(&[], 50.0).is_nan());
+        assert_eq!(spread(&[10.0, 11.0, 10.5]), 0.10000000000000009);
+        assert_eq!(spread(&[10.0, 0.0]), f64::INFINITY);
+        assert_eq!(loss_pct(4, 3), 25.0);
+        assert!(loss_pct(0, 0).is_nan());
     }
 
     #[test]

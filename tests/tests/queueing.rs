@@ -26,7 +26,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use e2e::slowguest::{
-    iperf3_streams, parse_ping, percentile, BridgeReport, SlowGuest, SlowGuestConfig,
+    iperf3_streams, loss_pct, parse_ping, percentile, spread, BridgeReport, SlowGuest,
+    SlowGuestConfig,
 };
 use testkit::{daemon_binary, tap_stat, wait_for, Daemon, Process, ReportExt, TempDir};
 
@@ -97,13 +98,7 @@ impl Measurement {
 
     /// max/min − 1 of the per-flow throughputs.
     fn spread(&self) -> f64 {
-        let max = self.flows.iter().cloned().fold(f64::MIN, f64::max);
-        let min = self.flows.iter().cloned().fold(f64::MAX, f64::min);
-        if min <= 0.0 {
-            f64::INFINITY
-        } else {
-            max / min - 1.0
-        }
+        spread(&self.flows)
     }
 
     fn daemon_sum(&self, pred: impl Fn(&str) -> bool) -> u64 {
@@ -162,11 +157,7 @@ fn print_table(ms: &[&Measurement]) {
         "per-flow Mbit/s"
     ));
     for m in ms {
-        let loss = if m.ping_tx > 0 {
-            100.0 * (m.ping_tx - m.ping_rx.min(m.ping_tx)) as f64 / m.ping_tx as f64
-        } else {
-            f64::NAN
-        };
+        let loss = loss_pct(m.ping_tx, m.ping_rx);
         t.push_str(&format!(
             "{:<13} {:>4} {:>11} {:>9} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>6.1}% {:>5.1}Mb/s {:>6.1}% {:>8}  {}\n",
             m.mode,

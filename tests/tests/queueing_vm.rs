@@ -38,8 +38,10 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::slowguest::{iperf3_retransmits, iperf3_streams, parse_ping, percentile};
-use e2e::Guest;
+use e2e::slowguest::{
+    iperf3_retransmits, iperf3_streams, loss_pct, parse_ping, percentile, spread,
+};
+use e2e::{host_pings, Guest};
 use testkit::{sh, stop, tap_stat, wait_for, Daemon, DeviceReport, ReportExt, TempDir};
 
 const HOST_IP: &str = "198.18.210.1";
@@ -93,20 +95,11 @@ impl Measurement {
 
     /// max/min − 1 of the per-flow throughputs.
     fn spread(&self) -> f64 {
-        let max = self.flows.iter().cloned().fold(f64::MIN, f64::max);
-        let min = self.flows.iter().cloned().fold(f64::MAX, f64::min);
-        if min <= 0.0 {
-            f64::INFINITY
-        } else {
-            max / min - 1.0
-        }
+        spread(&self.flows)
     }
 
     fn loss_pct(&self) -> f64 {
-        if self.ping_tx == 0 {
-            return f64::NAN;
-        }
-        100.0 * (self.ping_tx - self.ping_rx.min(self.ping_tx)) as f64 / self.ping_tx as f64
+        loss_pct(self.ping_tx, self.ping_rx)
     }
 
     fn c(&self, k: &str) -> u64 {
@@ -247,13 +240,7 @@ fn measure(mode: &str) -> Measurement {
     );
     let boot_s = t0.elapsed().as_secs_f64();
     let reachable = wait_for(Duration::from_secs(15), || {
-        Command::new("ping")
-            .args(["-c", "1", "-W", "1", "-n", "-q", GUEST_IP])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .ok()
-            .filter(|s| s.success())
+        host_pings(GUEST_IP).then_some(())
     });
     assert!(
         reachable.is_some(),

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,20 +27,6 @@ fn stats(g: &Guest, key: &str) -> HashMap<String, u64> {
             Some((k.trim().to_string(), v.trim().parse().ok()?))
         })
         .collect()
-}
-
-/// Tell the guest script (blocked in `nc -l -p PORT`) to go on.
-fn release(g: &Guest, ip: &str, port: u16) {
-    let s = wait_for(Duration::from_secs(30), || {
-        TcpStream::connect((ip, port)).ok()
-    });
-    assert!(s.is_some(), "cannot reach the guest's sync port {port}");
-    drop(s);
-    assert_eq!(
-        g.wait_script(Duration::from_secs(60)),
-        Some(0),
-        "guest script"
-    );
 }
 
 /// trafgen on the host floods the TAP (64 source ports, through the
@@ -166,7 +151,7 @@ timeout 60 nc -l -p SYNC_PORT </dev/null
             "the slow guest never stopped the reader: {c:?}"
         );
     }
-    release(&g, gip, sync_port);
+    g.release(gip, sync_port);
 }
 
 /// The flood with the daemon's default mode (`auto`: fq-codel on kernels
@@ -324,5 +309,5 @@ timeout 60 nc -l -p 7111 </dev/null
         q2a.2 > q2b.2 || backlog_max("GPG2") > 0,
         "the guest's queue never stopped under the queue_xmit flood"
     );
-    release(&g, gip, 7111);
+    g.release(gip, 7111);
 }

@@ -6,11 +6,11 @@
 //! Addresses: 198.18.120.0/24 and 198.18.121.0/24.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{accept_timeout, vm_lock, Guest, TcpBothWays, GUEST_FUNCS};
+use e2e::{accept_timeout, host_pings, vm_lock, Guest, TcpBothWays, GUEST_FUNCS};
 use testkit::{sh, wait_for, Daemon, ReportExt};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -19,18 +19,10 @@ const RESUME: Duration = Duration::from_secs(5);
 /// QEMU's reconnect message order.
 const RESTARTS: usize = 6;
 
-fn ping_once(ip: &str) -> bool {
-    Command::new("ping")
-        .args(["-c", "1", "-W", "1", ip])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Ping `ip` from the host until it answers; the time it took.
 fn first_reply(ip: &str, timeout: Duration) -> Option<Duration> {
     let t0 = Instant::now();
-    wait_for(timeout, || ping_once(ip).then(|| t0.elapsed()))
+    wait_for(timeout, || host_pings(ip).then(|| t0.elapsed()))
 }
 
 /// The guest reboots (`reboot -f`, QEMU stays): QEMU resets the device and
@@ -109,14 +101,7 @@ timeout 60 nc -l -p 7120 </dev/null
     );
     g.expect_marker("GUEST-DONE", Duration::from_secs(30), "guest");
     assert_eq!(g.markers("GCMD"), ["reboot", "stay"], "control answers");
-    drop(wait_for(Duration::from_secs(20), || {
-        TcpStream::connect((gip, 7120)).ok()
-    }));
-    assert_eq!(
-        g.wait_script(Duration::from_secs(30)),
-        Some(0),
-        "guest script"
-    );
+    g.release(gip, 7120);
     let _ = ctl.join();
     let log = d.log_text();
     assert_eq!(
@@ -249,14 +234,7 @@ echo GUEST-DONE
         first_reply(gip, Duration::from_secs(10)).is_some(),
         "host → guest ping"
     );
-    drop(wait_for(Duration::from_secs(20), || {
-        TcpStream::connect((gip, 7121)).ok()
-    }));
-    assert_eq!(
-        g.wait_script(Duration::from_secs(30)),
-        Some(0),
-        "guest script"
-    );
+    g.release(gip, 7121);
     let c = d.counters();
     assert!(
         c.at(0, "tx_frames") > 0 && c.at(0, "rx_frames") > 0,

@@ -7,7 +7,7 @@
 //! Addresses: 198.18.100.0/24 – 198.18.107.0/24 and 2001:db8:100::/64.
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -119,16 +119,7 @@ ip neigh show dev eth0 | sed 's/^/GNEIGH /'
         assert_resolved("host", &hn, a, gmac);
     }
     // Let the guest print its table.
-    let s = wait_for(Duration::from_secs(30), || {
-        TcpStream::connect((g4, sync_port)).ok()
-    });
-    assert!(s.is_some(), "cannot reach the guest's sync port");
-    drop(s);
-    assert_eq!(
-        g.wait_script(Duration::from_secs(60)),
-        Some(0),
-        "guest script"
-    );
+    g.release(g4, sync_port);
     let gn = neighbours(&g.markers("GNEIGH"));
     for a in [h4, h6, hll.as_str()] {
         assert_resolved("guest", &gn, a, &hmac);
@@ -210,15 +201,7 @@ fn tcp_run(net: u8, bytes: u64, dev_opts: &str) -> Run {
     g.expect_marker("GUEST-DONE", Duration::from_secs(30), "guest");
     host_ping(&[&gip]).expect("host → guest ping");
     assert!(g.has_line("GPING-OK"), "guest → host ping failed");
-    let s = wait_for(Duration::from_secs(20), || {
-        TcpStream::connect((gip.as_str(), 7101)).ok()
-    });
-    drop(s);
-    assert_eq!(
-        g.wait_script(Duration::from_secs(30)),
-        Some(0),
-        "guest script"
-    );
+    g.release(&gip, 7101);
     let features = feature_bits(&g.expect_marker("GFEATURES", BOOT, "features"));
     let counters = d.counters();
     eprintln!(
@@ -478,14 +461,7 @@ timeout 60 nc -l -p 7102 </dev/null
     assert_eq!(sent.bytes, 4 * (4 << 20), "host → guest bytes");
     assert_eq!(got, 2 * (4 << 20), "guest → host bytes");
     host_ping(&[gip]).expect("host → guest ping");
-    drop(wait_for(Duration::from_secs(20), || {
-        TcpStream::connect((gip, 7102)).ok()
-    }));
-    assert_eq!(
-        g.wait_script(Duration::from_secs(30)),
-        Some(0),
-        "guest script"
-    );
+    g.release(gip, 7102);
     assert_eq!(
         g.markers("GPING-OK").len(),
         2,
