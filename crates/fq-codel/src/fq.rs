@@ -330,20 +330,6 @@ impl<P: Packet> FqCodel<P> {
         })
     }
 
-    /// [`FqCodel::try_new`] for a configuration known to be valid: tests and
-    /// examples with constant parameters. A configuration built from user
-    /// input goes through `try_new`, so that a bad value is reported, not
-    /// fatal.
-    ///
-    /// # Panics
-    ///
-    /// If `cfg` is out of range ([`Config::validate`]), with the
-    /// [`ConfigError`] as the message.
-    #[track_caller]
-    pub fn new(cfg: Config) -> Self {
-        Self::try_new(cfg).unwrap_or_else(|e| panic!("{e}"))
-    }
-
     /// The parameters this queue was built with.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -705,14 +691,8 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "fq-codel: flows = 0; use 1 to 65536")]
-    fn new_panics_with_the_error() {
-        let _ = FqCodel::<Vec<u8>>::new(with(|c| c.flows = 0));
-    }
-
-    #[test]
     fn lists_follow_rfc8290_state_machine() {
-        let mut q = FqCodel::new(Config::default());
+        let mut q = FqCodel::try_new(Config::default()).unwrap();
         let mut d = Vec::new();
         q.enqueue(udp4(1, 100), 0, &mut d);
         assert_eq!(q.stats().new_flows_len, 1);
@@ -734,7 +714,7 @@ mod tests {
 
     #[test]
     fn clear_returns_everything_and_resets() {
-        let mut q = FqCodel::new(Config::default());
+        let mut q = FqCodel::try_new(Config::default()).unwrap();
         let mut d = Vec::new();
         for p in 0..10 {
             q.enqueue(udp4(p, 10), 0, &mut d);

@@ -50,7 +50,7 @@
 //! [`Config::validate`]); the error names the field, the value and its range,
 //! and the ranges are public constants ([`MAX_FLOWS`], [`MIN_LIMIT`] ...)
 //! for a configuration parser to check against where the user wrote them.
-//! [`FqCodel::new`] panics instead, for tests with constant parameters.
+//! Nothing in the crate panics on a bad parameter.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -8,7 +8,7 @@ use fq_codel::classify::classify;
 use fq_codel::{Config, FlowKey, FqCodel, Packet};
 
 fn queue() -> FqCodel<TestPkt> {
-    FqCodel::new(Config {
+    new_queue(Config {
         seed: 0x5eed,
         ..Config::default()
     })
@@ -76,7 +76,7 @@ fn differing_ports_protocols_and_hosts_differ() {
 #[test]
 fn buckets_are_spread_evenly() {
     // 64 000 flows over 64 buckets: each within 25 % of 1000.
-    let q: FqCodel<TestPkt> = FqCodel::new(Config {
+    let q: FqCodel<TestPkt> = new_queue(Config {
         flows: 64,
         ..Config::default()
     });
@@ -93,7 +93,7 @@ fn buckets_are_spread_evenly() {
 fn seed_is_deterministic_and_perturbs() {
     let frames: Vec<Vec<u8>> = (0..64).map(|p| ipv4(udp(p, 9), 0, 60)).collect();
     let with_seed = |seed| {
-        let q: FqCodel<TestPkt> = FqCodel::new(Config {
+        let q: FqCodel<TestPkt> = new_queue(Config {
             seed,
             ..Config::default()
         });
@@ -214,7 +214,7 @@ fn garbage_frames_do_not_panic() {
         push_vlan(&push_vlan(&ipv6(udp(5, 6), 0x02, 8), 0x8100, 1), 0x88a8, 2),
         push_vlan(&ipv4(udp(7, 8), 0x01, 60), 0x8100, 3),
     ];
-    let mut q: FqCodel<TestPkt> = FqCodel::new(Config {
+    let mut q: FqCodel<TestPkt> = new_queue(Config {
         flows: 64,
         limit: 256,
         memory_limit: 16 << 10,

@@ -22,7 +22,7 @@ struct Sim {
 impl Sim {
     fn new(cfg: Config, frame: Vec<u8>) -> Self {
         Sim {
-            q: FqCodel::new(cfg),
+            q: new_queue(cfg),
             frame,
             now: 0,
             next_id: 0,

@@ -10,7 +10,7 @@ use fq_codel::{Config, FqCodel};
 /// A 20 ms standing queue of `frame` for 300 ms (one in, one out per ms):
 /// CoDel signals at 105, 205 and 276 ms. Returns (sent, dropped, queue).
 fn standing_queue(frame: &[u8], ecn_on: bool) -> (Vec<TestPkt>, Vec<TestPkt>, FqCodel<TestPkt>) {
-    let mut q = FqCodel::new(Config {
+    let mut q = new_queue(Config {
         ecn: ecn_on,
         ..Config::default()
     });

@@ -13,7 +13,7 @@ struct Two {
 }
 
 fn two_flows(cfg: Config) -> Two {
-    let q = FqCodel::new(cfg);
+    let q = new_queue(cfg);
     let f = distinct_flows(&q, 2);
     Two {
         fat: ipv4(f[0], 0, 1000),
@@ -131,7 +131,7 @@ fn sustained_overload_stays_within_limits() {
         memory_limit: 300_000,
         ..Config::default()
     };
-    let mut q: FqCodel<TestPkt> = FqCodel::new(cfg);
+    let mut q: FqCodel<TestPkt> = new_queue(cfg);
     let flows = distinct_flows(&q, 16);
     let mut rng = XorShift(7);
     let mut dropped = Vec::new();

@@ -8,7 +8,7 @@ use fq_codel::{Config, FqCodel};
 
 #[test]
 fn sparse_flow_bypasses_bulk_backlog() {
-    let mut q: FqCodel<TestPkt> = FqCodel::new(Config::default());
+    let mut q: FqCodel<TestPkt> = new_queue(Config::default());
     let flows = distinct_flows(&q, 5);
     let (bulk, sparse) = (&flows[..4], flows[4]);
     let bulk_frames: Vec<Vec<u8>> = bulk.iter().map(|&t| ipv4(t, 0, 1514)).collect();
@@ -91,7 +91,7 @@ fn assert_fair(sent: &[u64]) {
 }
 
 fn fairness(n: usize, sizes: &[usize]) {
-    let mut q: FqCodel<TestPkt> = FqCodel::new(Config::default());
+    let mut q: FqCodel<TestPkt> = new_queue(Config::default());
     let frames: Vec<Vec<u8>> = distinct_flows(&q, n)
         .into_iter()
         .enumerate()
@@ -123,7 +123,7 @@ fn fairness_8_flows_64_vs_1514_bytes() {
 
 #[test]
 fn fairness_mixed_sizes_and_odd_quantum() {
-    let mut q: FqCodel<TestPkt> = FqCodel::new(Config {
+    let mut q: FqCodel<TestPkt> = new_queue(Config {
         quantum: 300,
         ..Config::default()
     });
@@ -139,7 +139,7 @@ fn fairness_mixed_sizes_and_odd_quantum() {
 /// and a 1514-byte quantum.
 #[test]
 fn equal_flows_alternate_packet_by_packet() {
-    let mut q: FqCodel<TestPkt> = FqCodel::new(Config::default());
+    let mut q: FqCodel<TestPkt> = new_queue(Config::default());
     let frames: Vec<Vec<u8>> = distinct_flows(&q, 4)
         .into_iter()
         .map(|t| ipv4(t, 0, 1514))
@@ -164,7 +164,7 @@ fn equal_flows_alternate_packet_by_packet() {
 /// queue empties cannot keep new-flow priority.
 #[test]
 fn emptied_new_flow_goes_behind_old_flows() {
-    let mut q: FqCodel<TestPkt> = FqCodel::new(Config::default());
+    let mut q: FqCodel<TestPkt> = new_queue(Config::default());
     let flows = distinct_flows(&q, 5);
     let bulk: Vec<Vec<u8>> = flows[..4].iter().map(|&t| ipv4(t, 0, 1514)).collect();
     let buckets: Vec<usize> = bulk.iter().map(|f| q.flow_of(f)).collect();
@@ -200,7 +200,7 @@ fn emptied_new_flow_goes_behind_old_flows() {
 
 #[test]
 fn flow_counters_track_lists() {
-    let mut q: FqCodel<TestPkt> = FqCodel::new(Config::default());
+    let mut q: FqCodel<TestPkt> = new_queue(Config::default());
     let flows = distinct_flows(&q, 3);
     let mut dropped = Vec::new();
     for (i, &t) in flows.iter().enumerate() {

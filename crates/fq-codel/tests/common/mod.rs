@@ -3,7 +3,12 @@
 //! deterministic PRNG.
 #![allow(dead_code)]
 
-use fq_codel::Packet;
+use fq_codel::{Config, FqCodel, Packet};
+
+/// A queue with `cfg`, which the test knows to be valid.
+pub fn new_queue<P: Packet>(cfg: Config) -> FqCodel<P> {
+    FqCodel::try_new(cfg).expect("test configuration in range")
+}
 
 pub const US: u64 = 1_000;
 pub const MS: u64 = 1_000_000;
