@@ -40,8 +40,8 @@ pub enum ServerError {
     Dispatcher(vhost_user_backend::Error),
     #[error("cannot keep a handle on the frontend's socket: {0}")]
     Frontend(io::Error),
-    #[error("{0}")]
-    Relay(io::Error),
+    #[error(transparent)]
+    Relay(#[from] relay::RelayError),
 }
 
 /// Stops every device server: set, then each server's eventfd is written.
@@ -297,6 +297,6 @@ impl DeviceServer {
             warn!("{name}: vhost-user session ended: {e}");
         }
         drop(daemon);
-        relayed.map_err(ServerError::Relay)
+        Ok(relayed?)
     }
 }
