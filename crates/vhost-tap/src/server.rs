@@ -289,7 +289,11 @@ impl DeviceServer {
         if self.stop.requested() {
             let _ = front.shutdown(std::net::Shutdown::Both);
         }
-        let relayed = relay::run(front, back, &name);
+        let limits = relay::Limits {
+            vrings: self.device.settings.queue_pairs * 2,
+            max_ring: self.device.settings.queue_size,
+        };
+        let relayed = relay::run(front, back, &name, limits);
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = None;
 
         daemon.request_shutdown();

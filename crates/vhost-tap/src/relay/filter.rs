@@ -37,7 +37,7 @@ fn vring_of_fd_message(m: &Message) -> Option<u32> {
 
 /// The `VhostUserVringState` (index, num) at the start of a payload, if it
 /// is long enough.
-fn vring_state(payload: &[u8]) -> Option<(u32, u32)> {
+pub(super) fn vring_state(payload: &[u8]) -> Option<(u32, u32)> {
     let bytes = payload.get(..std::mem::size_of::<VhostUserVringState>())?;
     let state = *VhostUserVringState::from_slice(bytes)?;
     Some((state.index, state.num))

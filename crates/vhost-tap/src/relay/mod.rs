@@ -26,7 +26,9 @@
 //!
 //! - `wire.rs`: messages on the socket, with their descriptors.
 //! - `filter.rs`: what passes, what is held and replayed.
+//! - `check.rs`: what is refused (and ends the connection).
 
+mod check;
 mod filter;
 mod wire;
 
@@ -37,6 +39,8 @@ use std::thread;
 
 use log::debug;
 
+use check::Checker;
+pub use check::Refusal;
 use filter::{Action, Filter};
 pub use wire::{read_message, write_message, Message};
 
@@ -61,9 +65,21 @@ pub enum RelayError {
     /// Writing a reply (the dispatcher's or our own) to the frontend failed.
     #[error("relay: writing a reply to the frontend: {0}")]
     WriteFrontend(#[source] io::Error),
+    /// The frontend sent something the relay refuses (see `check.rs`).
+    #[error("refused a request from the frontend: {0}")]
+    Refused(#[from] Refusal),
     /// The reply thread panicked.
     #[error("relay: the reply thread panicked")]
     RepliesPanicked,
+}
+
+/// What the device offers, for the checks of the frontend's requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Vrings of the device (two per queue pair).
+    pub vrings: usize,
+    /// The largest ring size offered.
+    pub max_ring: u16,
 }
 
 /// Relay between `front` (the frontend) and `back` (the dispatcher) until
@@ -74,7 +90,12 @@ pub enum RelayError {
 /// caller logs it. An error on the reply side only ends the relay: the
 /// dispatcher closing first is how it reports a bad request, and it logged
 /// why.
-pub fn run(front: UnixStream, back: UnixStream, name: &str) -> Result<(), RelayError> {
+pub fn run(
+    front: UnixStream,
+    back: UnixStream,
+    name: &str,
+    limits: Limits,
+) -> Result<(), RelayError> {
     let clone = |s: &UnixStream| s.try_clone().map_err(RelayError::CloneSocket);
     let front_w = Arc::new(Mutex::new(clone(&front)?));
     let back_r = clone(&back)?;
@@ -98,9 +119,11 @@ pub fn run(front: UnixStream, back: UnixStream, name: &str) -> Result<(), RelayE
         .map_err(RelayError::SpawnReplies)?;
 
     let mut filter = Filter::default();
+    let mut checker = Checker::new(limits.vrings, limits.max_ring);
     let r = (|| -> Result<(), RelayError> {
         let to_back = |m: &Message| write_message(&back, m).map_err(RelayError::WriteDispatcher);
         while let Some(m) = read_message(&front).map_err(RelayError::ReadFrontend)? {
+            checker.request(&m)?;
             match filter.on_request(m) {
                 Action::Forward(m) => to_back(&m)?,
                 Action::ForwardThen(m, then) => {

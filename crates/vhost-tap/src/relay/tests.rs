@@ -173,7 +173,17 @@ fn unknown_and_short_requests_pass_through() {
 fn run_relays_both_ways_and_names_the_failing_side() {
     let (front_peer, front) = UnixStream::pair().unwrap();
     let (back, back_peer) = UnixStream::pair().unwrap();
-    let relay = thread::spawn(move || run(front, back, "t"));
+    let relay = thread::spawn(move || {
+        run(
+            front,
+            back,
+            "t",
+            Limits {
+                vrings: 2,
+                max_ring: 256,
+            },
+        )
+    });
     // A request goes through, its reply comes back.
     let get = msg(FrontendReq::GET_FEATURES.into(), VERSION_1, Vec::new());
     write_message(&front_peer, &get).unwrap();

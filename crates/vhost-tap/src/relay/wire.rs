@@ -140,6 +140,15 @@ pub fn read_message(sock: &UnixStream) -> io::Result<Option<Message>> {
             "connection closed between header and payload",
         ));
     }
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "request {request} carries {} descriptors (at most {MAX_FDS})",
+                fds.len()
+            ),
+        ));
+    }
     Ok(Some(Message {
         request,
         flags,
