@@ -356,6 +356,13 @@ pub fn md5_file(path: &Path) -> String {
         .to_string()
 }
 
+/// A guest shell filter for `ethtool -S eth0` (virtio_net statistics):
+/// one `NAME: VALUE` line per counter without indentation, queue counters
+/// named `rx0_...`/`tx0_...` whichever form the guest kernel prints
+/// (`rx_queue_0_xdp_drops` in Debian 12's 6.1 kernels, `rx0_xdp_drops` in
+/// others).
+pub const ETHTOOL_STATS_SED: &str = r"sed -E 's/^ *//; s/^(rx|tx)_queue_([0-9]+)_/\1\2_/'";
+
 /// Shell functions for guest scripts: `up` (uptime in seconds),
 /// `send_file HOST PORT FILE` and `recv_file HOST PORT FILE`, which print
 /// `<TAG>-MD5 <md5>` and `<TAG>-TIME <seconds>` markers; `tcp_both_ways HOST

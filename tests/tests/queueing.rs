@@ -217,16 +217,7 @@ fn measure(mode: &str) -> Measurement {
     let secs = duration_s();
     let cc = congestion_control();
     let mut d = Daemon::start_args(&["--mode", mode]);
-    let resolved = wait_for(Duration::from_secs(5), || {
-        d.log_text()
-            .contains(&format!("mode {mode} "))
-            .then_some(())
-    });
-    assert!(
-        resolved.is_some(),
-        "the daemon does not say it runs mode {mode}:\n{}",
-        d.log_text()
-    );
+    d.assert_mode(mode);
     let mut sg = SlowGuest::start(
         &d,
         &SlowGuestConfig {

@@ -191,16 +191,7 @@ fn guest_script() -> String {
 
 fn measure(mode: &str) -> Measurement {
     let mut d = Daemon::start_args(&["--mode", mode]);
-    let resolved = wait_for(Duration::from_secs(5), || {
-        d.log_text()
-            .contains(&format!("mode {mode} "))
-            .then_some(())
-    });
-    assert!(
-        resolved.is_some(),
-        "the daemon does not say it runs mode {mode}:\n{}",
-        d.log_text()
-    );
+    d.assert_mode(mode);
     // No IPv6 on either side: no router solicitations or MLD in the figures.
     sh(&format!(
         "sysctl -qw net.ipv6.conf.{}.disable_ipv6=1 && ip addr add {HOST_IP}/24 dev {} && ip link set {} up",

@@ -13,7 +13,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{vm_lock, Guest};
+use e2e::{vm_lock, Guest, ETHTOOL_STATS_SED};
 use testkit::{stop, wait_for, Daemon, DeviceReport, ReportExt, TempDir};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -66,11 +66,12 @@ fn xdp_flood(mode: Option<&str>, net: u8) {
 timeout -s INT 14 xdp-bench drop -i 2 eth0
 wait
 ip link set dev eth0 xdp off 2>/dev/null
-ethtool -S eth0 | grep -E '^ *rx0_xdp_(drops|packets):' | sed 's/^ */GSTAT /'
+ethtool -S eth0 | GUEST_STATS | grep -E '^rx0_xdp_(drops|packets):' | sed 's/^/GSTAT /'
 echo GUEST-DONE
 timeout 60 nc -l -p SYNC_PORT </dev/null
 "#
-    .replace("SYNC_PORT", &sync_port.to_string());
+    .replace("SYNC_PORT", &sync_port.to_string())
+    .replace("GUEST_STATS", ETHTOOL_STATS_SED);
     let g = Guest::boot(
         &d.socket,
         &script,

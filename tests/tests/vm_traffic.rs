@@ -11,7 +11,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{accept_timeout, feature_bits, vm_lock, vnet, Guest, TcpBothWays, GUEST_FUNCS};
+use e2e::{
+    accept_timeout, feature_bits, vm_lock, vnet, Guest, TcpBothWays, ETHTOOL_STATS_SED, GUEST_FUNCS,
+};
 use testkit::{sh, wait_for, Daemon, DeviceReport, ReportExt};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -435,7 +437,7 @@ for cpu in 1 2 1 2; do taskset $cpu timeout 150 nc {h} {psrc} </dev/null >/dev/n
 for cpu in 1 2; do taskset $cpu timeout 150 nc {h} {psink} </tmp/f & done
 for cpu in 1 2; do taskset $cpu ping -c 5 -i 0.2 -W 3 {h} >/dev/null && echo "GPING-OK $cpu"; done
 wait
-ethtool -S eth0 | grep -E '^ *(tx|rx)[0-9]+_kicks:' | sed 's/^ */GSTAT /'
+ethtool -S eth0 | {ETHTOOL_STATS_SED} | grep -E '^(tx|rx)[0-9]+_kicks:' | sed 's/^/GSTAT /'
 grep -E 'virtio[0-9]+-(input|output)' /proc/interrupts | awk '{{s=0; for (i=2; i<NF; i++) if ($i ~ /^[0-9]+$/) s+=$i; print "GIRQ", $NF, s}}'
 echo GUEST-DONE
 timeout 60 nc -l -p 7102 </dev/null

@@ -279,6 +279,21 @@ impl Daemon {
         })
     }
 
+    /// Wait (5 s) until the daemon says it runs queue mode `mode`
+    /// (`mode MODE ` in its start-up line); panics with the log otherwise.
+    pub fn assert_mode(&self, mode: &str) {
+        let said = wait_for(Duration::from_secs(5), || {
+            self.log_text()
+                .contains(&format!("mode {mode} "))
+                .then_some(())
+        });
+        assert!(
+            said.is_some(),
+            "the daemon does not say it runs mode {mode}:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Panics if a daemon thread panicked.
     pub fn assert_no_panic(&self) {
         let log = self.log_text();

@@ -32,6 +32,8 @@ pub trait ReportExt {
     fn sum(&self, name: &str) -> u64;
     /// Every `*_dropped_*` counter that is not 0, as (queue, name, value).
     fn nonzero_drops(&self) -> Vec<(usize, String, u64)>;
+    /// Panics, naming them, if any `*_dropped_*` counter is not 0.
+    fn assert_no_drops(&self);
     /// Every counter over the queue pairs: totals summed, gauges the highest.
     fn summed(&self) -> BTreeMap<String, u64>;
     /// [`ReportExt::summed`] of this report less that of `before` (gauges:
@@ -72,6 +74,14 @@ impl ReportExt for DeviceReport {
             }
         }
         v
+    }
+
+    fn assert_no_drops(&self) {
+        let drops = self.nonzero_drops();
+        assert!(
+            drops.is_empty(),
+            "daemon drops (queue, counter, frames): {drops:?}; report {self:?}"
+        );
     }
 
     fn summed(&self) -> BTreeMap<String, u64> {
@@ -177,6 +187,9 @@ mod tests {
             r1.nonzero_drops(),
             vec![(0, "rx_dropped_too_big".to_string(), 1)]
         );
+        let dropped = std::panic::catch_unwind(|| r1.assert_no_drops());
+        assert!(dropped.is_err(), "a drop must fail assert_no_drops");
+        r0.assert_no_drops();
         let typo = std::panic::catch_unwind(|| r1.at(0, "rx_frame"));
         assert!(typo.is_err(), "a missing counter must not read as 0");
     }

@@ -51,11 +51,7 @@ fn slow_guest_causes_no_daemon_drops() {
         "more frames than buffers: {:?}",
         c.queues[0]
     );
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "daemon drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
     let tail_drops = tap_stat(&d.tap, "tx_dropped") - tx_dropped_before;
     assert!(
         tail_drops > 0,
@@ -112,11 +108,7 @@ fn slow_guest_causes_no_daemon_drops() {
         "reader never woken: {:?}",
         c.queues[0]
     );
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "daemon drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
     eprintln!("{} frames before, {after} after the guest came back", first);
 }
 
@@ -135,7 +127,7 @@ fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
         extra: vec!["--mode".into(), "fq-codel".into()],
         ..opts()
     });
-    assert!(d.log_text().contains("mode fq-codel"), "{}", d.log_text());
+    d.assert_mode("fq-codel");
     let mut drv = d.connect();
     let tx_dropped_before = tap_stat(&d.tap, "tx_dropped");
     let sock = PacketSock::open(&d.tap, false);
@@ -180,7 +172,7 @@ fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
         "the reader stayed stopped: {:?}",
         c.queues[0]
     );
-    assert!(c.nonzero_drops().is_empty(), "{:?}", c.nonzero_drops());
+    c.assert_no_drops();
     // The guest comes back within CoDel's interval: everything arrives, in order, intact.
     let mut got: Vec<RxFrame> = Vec::new();
     let total = (CHUNK * CHUNKS) as usize;

@@ -101,11 +101,7 @@ fn host_to_guest(mrg_rxbuf: bool, event_idx: bool) {
     }
     assert_eq!(drv.rx_malformed(), 0);
     let c = d.counters();
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
     // The guest kept buffers posted: frames went straight from the TAP into
     // them (the direct path), not through the ring.
     let direct = c.sum("rx_direct_frames");
@@ -192,11 +188,7 @@ fn guest_to_host(event_idx: bool) {
     assert_eq!(c.sum("tx_frames"), N as u64, "{c:?}");
     let bytes: usize = frames.iter().map(Vec::len).sum();
     assert_eq!(c.sum("tx_bytes"), bytes as u64, "{c:?}");
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
 }
 
 #[test]
@@ -311,11 +303,7 @@ fn tso_64k_frames_cross_both_ways_with_offloads() {
         if whole { "whole" } else { "segmented" }
     );
     let c = d.counters();
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
     assert_eq!(c.sum("tx_frames"), 1);
     assert_eq!(c.sum("tx_bytes"), frame.len() as u64);
 }
@@ -388,11 +376,7 @@ fn large_frames_spill_once_then_go_direct() {
     }
     assert_eq!(drv.rx_malformed(), 0);
     let c = d.counters();
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
     let delta = |k: &str| c.sum(k) - before.sum(k);
     let (frames, direct) = (delta("rx_frames"), delta("rx_direct_frames"));
     assert!(frames >= 6, "rx_frames {frames}");
@@ -456,11 +440,7 @@ fn long_and_short_frames_wait_in_the_ring_intact() {
         "short frames altered or out of order"
     );
     let c = d.counters();
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
 }
 
 #[test]
@@ -508,11 +488,7 @@ fn two_queue_pairs_both_carry_traffic() {
             "queue {q} got no RX frame: per pair {per_pair:?}"
         );
     }
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
 }
 
 #[test]
@@ -539,11 +515,7 @@ fn reconnect_after_disconnect() {
     assert_eq!(d.pid, pid);
     let c = d.counters();
     assert_eq!(c.sum("tx_frames"), 3);
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
 }
 
 /// Whether `fd` becomes readable within `ms` milliseconds (and clear it).
@@ -729,11 +701,7 @@ fn rx_chain_of_more_buffers_than_readv_takes_still_receives() {
     }
     assert_eq!(len, 12 + got[12..].len());
     let c = d.counters();
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
     assert_eq!(c.at(0, "rx_queue_broken"), 0, "{:?}", c.queues[0]);
     assert!(c.at(0, "rx_frames") >= 1, "{:?}", c.queues[0]);
 }

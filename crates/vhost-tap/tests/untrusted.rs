@@ -91,11 +91,7 @@ fn untrusted(vring: usize, abuse: impl FnOnce(&Driver) -> Abuse, why: &str) {
     check_both_ways(&d, &mut drv, 0);
     check_both_ways(&d, &mut drv, 1);
     let c = d.counters();
-    assert!(
-        c.nonzero_drops().is_empty(),
-        "drops: {:?}",
-        c.nonzero_drops()
-    );
+    c.assert_no_drops();
 }
 
 fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
