@@ -268,39 +268,7 @@ impl Driver {
             let base = GuestAddress(MEM_BASE + i as u64 * ring_bytes(qsz));
             let data = GuestAddress(data_start + i as u64 * per_vring);
             let vr = Vring::new(qsz, base, data, slot_size, event_idx).map_err(Error::EventFd)?;
-            // SET_VRING_ADDR carries addresses in the frontend's own address
-            // space (as QEMU sends them): our mapping of guest memory.
-            let va = |a: GuestAddress| -> Result<u64, Error> {
-                drv.mem
-                    .get_host_address(a)
-                    .map(|p| p as u64)
-                    .map_err(|e| Error::Memory(format!("vring address {a:?}: {e}")))
-            };
-            let addr = VringConfigData {
-                queue_max_size: qsz,
-                queue_size: qsz,
-                flags: 0,
-                desc_table_addr: va(vr.desc)?,
-                used_ring_addr: va(vr.used)?,
-                avail_ring_addr: va(vr.avail)?,
-                log_addr: None,
-            };
-            drv.frontend
-                .set_vring_num(i, qsz)
-                .map_err(vhost_err("SET_VRING_NUM"))?;
-            drv.frontend
-                .set_vring_addr(i, &addr)
-                .map_err(vhost_err("SET_VRING_ADDR"))?;
-            drv.frontend
-                .set_vring_base(i, 0)
-                .map_err(vhost_err("SET_VRING_BASE"))?;
-            drv.frontend
-                .set_vring_call(i, &vr.call)
-                .map_err(vhost_err("SET_VRING_CALL"))?;
-            drv.frontend
-                .set_vring_kick(i, &vr.kick)
-                .map_err(vhost_err("SET_VRING_KICK"))?;
-            drv.vrings.push(vr);
+            drv.program_vring(i, vr)?;
         }
 
         // SET_VRING_ENABLE(1) for all vrings (only with PROTOCOL_FEATURES:
@@ -320,6 +288,79 @@ impl Driver {
             drv.protocol_acked.bits()
         );
         Ok(drv)
+    }
+
+    /// Tell the backend where vring `i` is (NUM, ADDR, BASE 0, CALL, KICK)
+    /// and make `vr` the driver's view of it.
+    fn program_vring(&mut self, i: usize, vr: Vring) -> Result<(), Error> {
+        let qsz = vr.size;
+        // SET_VRING_ADDR carries addresses in the frontend's own address
+        // space (as QEMU sends them): our mapping of guest memory.
+        let va = |a: GuestAddress| -> Result<u64, Error> {
+            self.mem
+                .get_host_address(a)
+                .map(|p| p as u64)
+                .map_err(|e| Error::Memory(format!("vring address {a:?}: {e}")))
+        };
+        let addr = VringConfigData {
+            queue_max_size: qsz,
+            queue_size: qsz,
+            flags: 0,
+            desc_table_addr: va(vr.desc)?,
+            used_ring_addr: va(vr.used)?,
+            avail_ring_addr: va(vr.avail)?,
+            log_addr: None,
+        };
+        self.frontend
+            .set_vring_num(i, qsz)
+            .map_err(vhost_err("SET_VRING_NUM"))?;
+        self.frontend
+            .set_vring_addr(i, &addr)
+            .map_err(vhost_err("SET_VRING_ADDR"))?;
+        self.frontend
+            .set_vring_base(i, 0)
+            .map_err(vhost_err("SET_VRING_BASE"))?;
+        self.frontend
+            .set_vring_call(i, &vr.call)
+            .map_err(vhost_err("SET_VRING_CALL"))?;
+        self.frontend
+            .set_vring_kick(i, &vr.kick)
+            .map_err(vhost_err("SET_VRING_KICK"))?;
+        if i < self.vrings.len() {
+            self.vrings[i] = vr;
+        } else {
+            self.vrings.push(vr);
+        }
+        Ok(())
+    }
+
+    /// Reset vring `i` as a guest driver does on a reload, on the same
+    /// connection: stop it (GET_VRING_BASE, whose answer is returned), clear
+    /// its rings, program it afresh from index 0 and enable it again.
+    /// Buffers the driver had in flight on it are forgotten.
+    pub fn reset_vring(&mut self, i: usize) -> Result<u32, Error> {
+        let old = self
+            .vrings
+            .get(i)
+            .ok_or_else(|| Error::Config(format!("no vring {i}")))?;
+        let (qsz, desc, data, slot, event_idx) =
+            (old.size, old.desc, old.data, old.slot_size, old.event_idx);
+        let base = self
+            .frontend
+            .get_vring_base(i)
+            .map_err(vhost_err("GET_VRING_BASE"))?;
+        let zeros = vec![0u8; ring_bytes(qsz) as usize];
+        self.mem
+            .write_slice(&zeros, desc)
+            .map_err(|e| Error::Memory(format!("clearing vring {i}: {e}")))?;
+        let vr = Vring::new(qsz, desc, data, slot, event_idx).map_err(Error::EventFd)?;
+        self.program_vring(i, vr)?;
+        if self.offered & bit(VHOST_USER_F_PROTOCOL_FEATURES) != 0 {
+            self.frontend
+                .set_vring_enable(i, true)
+                .map_err(vhost_err("SET_VRING_ENABLE"))?;
+        }
+        Ok(base)
     }
 
     /// Writes SET_VRING_ENABLE on the socket ourselves (with NEED_REPLY when
