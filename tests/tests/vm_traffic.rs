@@ -88,7 +88,9 @@ fn arp_and_ipv6_neighbour_discovery_both_ways() {
         r#"
 ip -6 addr add {g6}/64 dev eth0 nodad
 i=0
-while ip -6 addr show dev eth0 tentative | grep -q inet6 && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+# Until the link-local address exists and no address is tentative (the
+# link-local one comes a moment after the link is up).
+while {{ ! ip -6 addr show dev eth0 scope link | grep -q inet6 || ip -6 addr show dev eth0 tentative | grep -q inet6; }} && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "GUEST-LL $(ip -6 -o addr show dev eth0 scope link | awk '{{print $4}}' | cut -d/ -f1)"
 ping -c 3 -W 3 {h4} && echo "GPING4-OK"
 ping6 -c 3 -W 3 {h6} && echo "GPING6-OK"
