@@ -211,220 +211,244 @@ fn neg() -> Negotiated {
     }
 }
 
-fn pair(tap: &Arc<ScriptedTap>) -> QueuePair {
-    QueuePair::new(0, tap.clone() as Arc<dyn TapIo>, 64, None)
+/// A queue pair on a scripted TAP, and one vring of a guest: RX or TX,
+/// whichever the test drives.
+struct Fixture {
+    tap: Arc<ScriptedTap>,
+    qp: QueuePair,
+    v: Vring,
+    c: Arc<QueueCounters>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tap = Arc::new(ScriptedTap::default());
+        let qp = QueuePair::new(0, tap.clone() as Arc<dyn TapIo>, 64, None);
+        let c = qp.counters.clone();
+        Fixture {
+            tap,
+            qp,
+            v: Vring::new(),
+            c,
+        }
+    }
+
+    /// A pass of RX over the fixture's vring, with `n` negotiated.
+    fn rx_with(&mut self, n: Negotiated) -> super::Pass {
+        let mem = self.v.mem.clone();
+        self.qp.rx_run(&mut self.v.queue, &mem, n, true)
+    }
+
+    fn rx(&mut self) -> super::Pass {
+        self.rx_with(neg())
+    }
+
+    /// A pass of TX over the fixture's vring.
+    fn tx(&mut self) -> super::Pass {
+        let mem = self.v.mem.clone();
+        self.qp.tx_run(&mut self.v.queue, &mem, neg())
+    }
+
+    /// Give the guest a fresh vring (after a reset of the old one).
+    fn fresh_vring(&mut self) {
+        self.v = Vring::new();
+    }
+
+    /// Post a TX chain whose buffer lies outside guest memory and run TX:
+    /// the guest broke its TX queue.
+    fn break_tx(&mut self) {
+        self.v.post_tx(&tap_frame(60, 1));
+        self.v
+            .mem
+            .write_obj(0x200_000u64.to_le(), GuestAddress(DESC))
+            .unwrap();
+        let _ = self.tx();
+        assert_eq!(self.qp.broken(), (false, true));
+    }
+
+    /// Frames the TAP accepted.
+    fn written(&self) -> Vec<Vec<u8>> {
+        self.tap.written.lock().unwrap().clone()
+    }
 }
 
 fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Relaxed)
 }
 
-/// The sum of every drop counter: what the tests below must keep at 0
-/// unless they mean a drop.
-fn drops(c: &QueueCounters) -> u64 {
-    c.dropped()
-}
-
 #[test]
 fn rx_frames_go_straight_into_guest_buffers() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut rx = Vring::new();
-    rx.post_rx(4);
+    let mut f = Fixture::new();
+    f.v.post_rx(4);
     let frames = [tap_frame(60, 1), tap_frame(1400, 2)];
-    tap.read_script(frames.iter().cloned().map(Step::Frame));
-    let pass = qp.rx_run(&mut rx.queue, &rx.mem.clone(), neg(), true);
+    f.tap.read_script(frames.iter().cloned().map(Step::Frame));
+    let pass = f.rx();
     assert!(!pass.work_left);
     assert!(
         pass.interrupt,
         "a guest without EVENT_IDX wants the interrupt"
     );
-    assert_eq!(rx.used_idx(), 2);
-    for (n, f) in frames.iter().enumerate() {
-        let (id, len) = rx.used(n as u16);
-        assert_eq!(len as usize, f.len());
-        let got = rx.received(id, len);
+    assert_eq!(f.v.used_idx(), 2);
+    for (n, frame) in frames.iter().enumerate() {
+        let (id, len) = f.v.used(n as u16);
+        assert_eq!(len as usize, frame.len());
+        let got = f.v.received(id, len);
         // num_buffers (1) is the daemon's; the rest is what the TAP gave.
         assert_eq!(&got[10..12], &[1, 0]);
-        assert_eq!(&got[HDR_LEN..], &f[HDR_LEN..]);
+        assert_eq!(&got[HDR_LEN..], &frame[HDR_LEN..]);
     }
-    let c = &qp.counters.clone();
-    assert_eq!((get(&c.rx_frames), get(&c.rx_direct_frames)), (2, 2));
-    assert_eq!(drops(c), 0);
+    assert_eq!((get(&f.c.rx_frames), get(&f.c.rx_direct_frames)), (2, 2));
+    assert_eq!(f.c.dropped(), 0);
 }
 
 #[test]
 fn rx_eagain_ends_the_pass_and_the_next_edge_resumes_it() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut rx = Vring::new();
-    rx.post_rx(2);
-    let mem = rx.mem.clone();
+    let mut f = Fixture::new();
+    f.v.post_rx(2);
     // The TAP is empty: EAGAIN, nothing moves, nothing is wrong.
-    let pass = qp.rx_run(&mut rx.queue, &mem, neg(), true);
+    let pass = f.rx();
     assert_eq!((pass.work_left, pass.interrupt), (false, false));
-    assert_eq!(rx.used_idx(), 0);
+    assert_eq!(f.v.used_idx(), 0);
     // A frame arrives; until the fd says EPOLLIN the worker does not read.
-    tap.read_script([Step::Frame(tap_frame(100, 7))]);
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!(tap.unread(), 1, "read without an edge after EAGAIN");
-    qp.tap_readable();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!((rx.used_idx(), tap.unread()), (1, 0));
-    assert_eq!(qp.broken(), (false, false));
-    assert_eq!(drops(&qp.counters), 0);
+    f.tap.read_script([Step::Frame(tap_frame(100, 7))]);
+    let _ = f.rx();
+    assert_eq!(f.tap.unread(), 1, "read without an edge after EAGAIN");
+    f.qp.tap_readable();
+    let _ = f.rx();
+    assert_eq!((f.v.used_idx(), f.tap.unread()), (1, 0));
+    assert_eq!(f.qp.broken(), (false, false));
+    assert_eq!(f.c.dropped(), 0);
 }
 
 #[test]
 fn rx_efault_counts_the_frame_and_breaks_the_queue() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut rx = Vring::new();
-    rx.post_rx(2);
+    let mut f = Fixture::new();
+    f.v.post_rx(2);
     // The kernel took a frame but could not write it into the guest's
     // buffers: the guest's memory is not what its chains say.
-    tap.read_script([Step::Errno(libc::EFAULT), Step::Frame(tap_frame(60, 1))]);
-    let mem = rx.mem.clone();
-    let pass = qp.rx_run(&mut rx.queue, &mem, neg(), true);
+    f.tap
+        .read_script([Step::Errno(libc::EFAULT), Step::Frame(tap_frame(60, 1))]);
+    let pass = f.rx();
     assert!(!pass.interrupt);
-    let c = &qp.counters.clone();
-    assert_eq!(get(&c.rx_dropped_read_fault), 1);
-    assert_eq!(get(&c.rx_queue_broken), 1);
-    assert_eq!(qp.broken(), (true, false));
-    assert_eq!(rx.used_idx(), 0, "nothing published on a broken queue");
+    assert_eq!(get(&f.c.rx_dropped_read_fault), 1);
+    assert_eq!(get(&f.c.rx_queue_broken), 1);
+    assert_eq!(f.qp.broken(), (true, false));
+    assert_eq!(f.v.used_idx(), 0, "nothing published on a broken queue");
     // A broken queue is left alone: the next frame waits (in the ring),
     // it is not lost and not written into the guest.
-    qp.tap_readable();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!(rx.used_idx(), 0);
-    assert_eq!(get(&c.rx_frames), 0);
-    assert_eq!(drops(c), 1);
+    f.qp.tap_readable();
+    let _ = f.rx();
+    assert_eq!(f.v.used_idx(), 0);
+    assert_eq!(get(&f.c.rx_frames), 0);
+    assert_eq!(f.c.dropped(), 1);
     // A new connection clears the broken state and delivers what waited.
-    qp.reset_for_connection();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!(rx.used_idx(), 1);
-    assert_eq!(get(&c.rx_frames), 1);
+    f.qp.reset_for_connection();
+    let _ = f.rx();
+    assert_eq!(f.v.used_idx(), 1);
+    assert_eq!(get(&f.c.rx_frames), 1);
 }
 
 #[test]
 fn rx_einval_on_the_direct_read_hands_the_frame_to_the_ring() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut rx = Vring::new();
-    rx.post_rx(2);
+    let mut f = Fixture::new();
+    f.v.post_rx(2);
     // The kernel refused the direct path's iovecs before taking a frame:
     // the same frame is then read through the ring and copied.
-    let f = tap_frame(200, 9);
-    tap.read_script([Step::Errno(libc::EINVAL), Step::Frame(f.clone())]);
-    let mem = rx.mem.clone();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!(rx.used_idx(), 1);
-    let (id, len) = rx.used(0);
-    assert_eq!(&rx.received(id, len)[HDR_LEN..], &f[HDR_LEN..]);
-    let c = &qp.counters.clone();
-    assert_eq!((get(&c.rx_frames), get(&c.rx_direct_frames)), (1, 0));
-    assert_eq!(qp.broken(), (false, false));
-    assert_eq!(drops(c), 0);
+    let frame = tap_frame(200, 9);
+    f.tap
+        .read_script([Step::Errno(libc::EINVAL), Step::Frame(frame.clone())]);
+    let _ = f.rx();
+    assert_eq!(f.v.used_idx(), 1);
+    let (id, len) = f.v.used(0);
+    assert_eq!(&f.v.received(id, len)[HDR_LEN..], &frame[HDR_LEN..]);
+    assert_eq!((get(&f.c.rx_frames), get(&f.c.rx_direct_frames)), (1, 0));
+    assert_eq!(f.qp.broken(), (false, false));
+    assert_eq!(f.c.dropped(), 0);
 }
 
 #[test]
 fn rx_enobufs_loses_nothing_and_waits_for_the_next_edge() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut rx = Vring::new();
-    rx.post_rx(2);
-    tap.read_script([Step::Errno(libc::ENOBUFS), Step::Frame(tap_frame(80, 3))]);
-    let mem = rx.mem.clone();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!((rx.used_idx(), tap.unread()), (0, 1));
-    assert_eq!(qp.broken(), (false, false));
-    qp.tap_readable();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!(rx.used_idx(), 1);
-    assert_eq!(drops(&qp.counters), 0);
+    let mut f = Fixture::new();
+    f.v.post_rx(2);
+    f.tap
+        .read_script([Step::Errno(libc::ENOBUFS), Step::Frame(tap_frame(80, 3))]);
+    let _ = f.rx();
+    assert_eq!((f.v.used_idx(), f.tap.unread()), (0, 1));
+    assert_eq!(f.qp.broken(), (false, false));
+    f.qp.tap_readable();
+    let _ = f.rx();
+    assert_eq!(f.v.used_idx(), 1);
+    assert_eq!(f.c.dropped(), 0);
 }
 
 #[test]
 fn rx_runts_and_truncated_frames_are_counted_not_delivered() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut rx = Vring::new();
-    rx.post_rx(4);
+    let mut f = Fixture::new();
+    f.v.post_rx(4);
     // A header and 10 bytes: shorter than an Ethernet header. Then a frame
     // longer than any frame the TAP may hand out (the read fills every
     // byte offered): truncated. Then a good one.
-    tap.read_script([
+    f.tap.read_script([
         Step::Frame(tap_frame(10, 0)),
         Step::Frame(tap_frame(super::vnet::BUF_SIZE, 0)),
         Step::Frame(tap_frame(64, 5)),
     ]);
-    let mem = rx.mem.clone();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    let c = &qp.counters.clone();
-    assert_eq!(get(&c.rx_dropped_too_short), 1);
-    assert_eq!(get(&c.rx_dropped_truncated), 1);
-    assert_eq!((rx.used_idx(), get(&c.rx_frames)), (1, 1));
-    assert_eq!(rx.used(0).1 as usize, HDR_LEN + 64);
+    let _ = f.rx();
+    assert_eq!(get(&f.c.rx_dropped_too_short), 1);
+    assert_eq!(get(&f.c.rx_dropped_truncated), 1);
+    assert_eq!((f.v.used_idx(), get(&f.c.rx_frames)), (1, 1));
+    assert_eq!(f.v.used(0).1 as usize, HDR_LEN + 64);
 }
 
 #[test]
 fn rx_legacy_header_frames_are_checked_against_the_negotiated_length() {
     // With a 10-byte header, a 24-byte read is a header and a 14-byte
     // Ethernet header: deliverable (the old check used 12 and dropped it).
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
+    let mut f = Fixture::new();
     let legacy = Negotiated::from_features(0);
     assert_eq!(legacy.hdr_len, 10);
     // Through the ring path: no guest buffers yet, so the frame waits there.
-    let mut rx_none = Vring::new();
-    tap.read_script([Step::Frame(vec![0u8; 24])]);
-    let mem = rx_none.mem.clone();
-    let _ = qp.rx_run(&mut rx_none.queue, &mem, legacy, true);
-    assert_eq!(get(&qp.counters.rx_dropped_too_short), 0);
+    f.tap.read_script([Step::Frame(vec![0u8; 24])]);
+    let _ = f.rx_with(legacy);
+    assert_eq!(get(&f.c.rx_dropped_too_short), 0);
     // Now the guest posts a buffer: the frame is delivered, no num_buffers.
-    rx_none.post_rx(1);
-    let _ = qp.rx_run(&mut rx_none.queue, &mem, legacy, true);
-    assert_eq!(rx_none.used_idx(), 1);
-    assert_eq!(rx_none.used(0).1, 24);
+    f.v.post_rx(1);
+    let _ = f.rx_with(legacy);
+    assert_eq!(f.v.used_idx(), 1);
+    assert_eq!(f.v.used(0).1, 24);
 }
 
 #[test]
 fn tx_frames_are_written_from_guest_memory() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut tx = Vring::new();
-    let f = tap_frame(60, 4);
-    tx.post_tx(&f);
-    let mem = tx.mem.clone();
-    let pass = qp.tx_run(&mut tx.queue, &mem, neg());
+    let mut f = Fixture::new();
+    let frame = tap_frame(60, 4);
+    f.v.post_tx(&frame);
+    let pass = f.tx();
     assert!(!pass.work_left);
-    assert_eq!(*tap.written.lock().unwrap(), vec![f]);
-    assert_eq!(tx.used_idx(), 1);
-    assert_eq!(get(&qp.counters.tx_frames), 1);
+    assert_eq!(f.written(), vec![frame]);
+    assert_eq!(f.v.used_idx(), 1);
+    assert_eq!(get(&f.c.tx_frames), 1);
 }
 
 /// EAGAIN and ENOBUFS on a TAP write mean "full for now": the chain stays
 /// in the guest's ring, TX waits for EPOLLOUT, then sends it.
 fn tx_full_keeps_the_chain(errno: i32) {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut tx = Vring::new();
-    let f = tap_frame(60, 4);
-    tx.post_tx(&f);
-    tap.write_script([Step::Errno(errno)]);
-    let mem = tx.mem.clone();
-    let pass = qp.tx_run(&mut tx.queue, &mem, neg());
+    let mut f = Fixture::new();
+    let frame = tap_frame(60, 4);
+    f.v.post_tx(&frame);
+    f.tap.write_script([Step::Errno(errno)]);
+    let pass = f.tx();
     assert_eq!((pass.work_left, pass.interrupt), (false, false));
-    assert_eq!(tx.used_idx(), 0, "the chain stays with the guest");
-    assert_eq!(get(&qp.counters.tx_tap_full), 1);
+    assert_eq!(f.v.used_idx(), 0, "the chain stays with the guest");
+    assert_eq!(get(&f.c.tx_tap_full), 1);
     // Until EPOLLOUT, TX does not try again.
-    let _ = qp.tx_run(&mut tx.queue, &mem, neg());
-    assert!(tap.written.lock().unwrap().is_empty());
-    qp.tap_writable();
-    let _ = qp.tx_run(&mut tx.queue, &mem, neg());
-    assert_eq!(*tap.written.lock().unwrap(), vec![f]);
-    assert_eq!(tx.used_idx(), 1);
-    assert_eq!(drops(&qp.counters), 0);
+    let _ = f.tx();
+    assert!(f.written().is_empty());
+    f.qp.tap_writable();
+    let _ = f.tx();
+    assert_eq!(f.written(), vec![frame]);
+    assert_eq!(f.v.used_idx(), 1);
+    assert_eq!(f.c.dropped(), 0);
 }
 
 #[test]
@@ -440,20 +464,19 @@ fn tx_enobufs_keeps_the_chain_until_epollout() {
 /// Any other write error refuses that frame for good: counted, the chain
 /// returned to the guest, the next frame sent.
 fn tx_error_drops_one_frame(errno: i32) {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut tx = Vring::new();
+    let mut f = Fixture::new();
     let (a, b) = (tap_frame(60, 1), tap_frame(70, 2));
-    tx.post_tx(&a);
-    tx.post_tx(&b);
-    tap.write_script([Step::Errno(errno)]);
-    let mem = tx.mem.clone();
-    let _ = qp.tx_run(&mut tx.queue, &mem, neg());
-    assert_eq!(*tap.written.lock().unwrap(), vec![b]);
-    assert_eq!(tx.used_idx(), 2);
-    let c = &qp.counters.clone();
-    assert_eq!((get(&c.tx_dropped_tap_error), get(&c.tx_frames)), (1, 1));
-    assert_eq!(qp.broken(), (false, false));
+    f.v.post_tx(&a);
+    f.v.post_tx(&b);
+    f.tap.write_script([Step::Errno(errno)]);
+    let _ = f.tx();
+    assert_eq!(f.written(), vec![b]);
+    assert_eq!(f.v.used_idx(), 2);
+    assert_eq!(
+        (get(&f.c.tx_dropped_tap_error), get(&f.c.tx_frames)),
+        (1, 1)
+    );
+    assert_eq!(f.qp.broken(), (false, false));
 }
 
 #[test]
@@ -468,67 +491,47 @@ fn tx_einval_drops_one_frame() {
 
 #[test]
 fn tx_chain_outside_guest_memory_breaks_the_queue() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut tx = Vring::new();
-    tx.post_tx(&tap_frame(60, 1));
-    // Point the descriptor beyond the end of guest memory.
-    tx.mem
-        .write_obj(0x200_000u64.to_le(), GuestAddress(DESC))
-        .unwrap();
-    let mem = tx.mem.clone();
-    let _ = qp.tx_run(&mut tx.queue, &mem, neg());
-    assert_eq!(qp.broken(), (false, true));
-    assert_eq!(get(&qp.counters.tx_queue_broken), 1);
-    assert!(tap.written.lock().unwrap().is_empty());
-    assert_eq!(tx.used_idx(), 0);
+    let mut f = Fixture::new();
+    f.break_tx();
+    assert_eq!(get(&f.c.tx_queue_broken), 1);
+    assert!(f.written().is_empty());
+    assert_eq!(f.v.used_idx(), 0);
 }
 
 #[test]
 fn a_guest_reset_of_a_broken_rx_queue_serves_it_again() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut rx = Vring::new();
-    rx.post_rx(2);
-    tap.read_script([Step::Errno(libc::EFAULT), Step::Frame(tap_frame(60, 1))]);
-    let mem = rx.mem.clone();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!(qp.broken(), (true, false));
+    let mut f = Fixture::new();
+    f.v.post_rx(2);
+    f.tap
+        .read_script([Step::Errno(libc::EFAULT), Step::Frame(tap_frame(60, 1))]);
+    let _ = f.rx();
+    assert_eq!(f.qp.broken(), (true, false));
+    // The next frame waits in the ring while the queue is broken.
+    f.qp.tap_readable();
+    let _ = f.rx();
+    assert_eq!(f.v.used_idx(), 0);
     // The guest resets the vring on the same connection (GET_VRING_BASE,
     // then a fresh setup): the queue is served again, the frame that
     // waited in the ring meanwhile is delivered.
-    qp.tap_readable();
-    let _ = qp.rx_run(&mut rx.queue, &mem, neg(), true);
-    assert_eq!(rx.used_idx(), 0);
-    assert!(qp.reset_rx(), "it was broken");
-    let mut fresh = Vring::new();
-    fresh.post_rx(1);
-    let mem = fresh.mem.clone();
-    let _ = qp.rx_run(&mut fresh.queue, &mem, neg(), true);
-    assert_eq!(qp.broken(), (false, false));
-    assert_eq!(fresh.used_idx(), 1);
-    assert_eq!(get(&qp.counters.rx_frames), 1);
+    assert!(f.qp.reset_rx(), "it was broken");
+    f.fresh_vring();
+    f.v.post_rx(1);
+    let _ = f.rx();
+    assert_eq!(f.qp.broken(), (false, false));
+    assert_eq!(f.v.used_idx(), 1);
+    assert_eq!(get(&f.c.rx_frames), 1);
 }
 
 #[test]
 fn a_guest_reset_of_a_broken_tx_queue_serves_it_again() {
-    let tap = Arc::new(ScriptedTap::default());
-    let mut qp = pair(&tap);
-    let mut tx = Vring::new();
-    tx.post_tx(&tap_frame(60, 1));
-    tx.mem
-        .write_obj(0x200_000u64.to_le(), GuestAddress(DESC))
-        .unwrap();
-    let mem = tx.mem.clone();
-    let _ = qp.tx_run(&mut tx.queue, &mem, neg());
-    assert_eq!(qp.broken(), (false, true));
-    assert!(qp.reset_tx());
-    assert!(!qp.reset_tx(), "a second reset finds it healthy");
-    let mut fresh = Vring::new();
-    let f = tap_frame(64, 2);
-    fresh.post_tx(&f);
-    let mem = fresh.mem.clone();
-    let _ = qp.tx_run(&mut fresh.queue, &mem, neg());
-    assert_eq!(*tap.written.lock().unwrap(), vec![f]);
-    assert_eq!(qp.broken(), (false, false));
+    let mut f = Fixture::new();
+    f.break_tx();
+    assert!(f.qp.reset_tx());
+    assert!(!f.qp.reset_tx(), "a second reset finds it healthy");
+    f.fresh_vring();
+    let frame = tap_frame(64, 2);
+    f.v.post_tx(&frame);
+    let _ = f.tx();
+    assert_eq!(f.written(), vec![frame]);
+    assert_eq!(f.qp.broken(), (false, false));
 }
