@@ -52,6 +52,23 @@ fn used_bytes(n: u64) -> u64 {
     USED_RING + USED_ELEM_SIZE * n + EVENT_SIZE
 }
 
+/// Descriptor `i` of a chain made of `descs` (address, length, flags):
+/// NEXT pointing at `next`, except on the last one.
+fn chain_desc(descs: &[(u64, u32, u16)], i: usize, next: u16) -> RawDesc {
+    let (addr, len, flags) = descs[i];
+    let last = i + 1 == descs.len();
+    RawDesc {
+        addr,
+        len,
+        flags: if last {
+            flags
+        } else {
+            flags | VRING_DESC_F_NEXT as u16
+        },
+        next: if last { 0 } else { next },
+    }
+}
+
 /// Size in bytes of the ring area for a queue of `n` entries (4 KiB aligned parts).
 pub(crate) fn ring_bytes(n: u16) -> u64 {
     let n = u64::from(n);
@@ -196,19 +213,9 @@ impl Vring {
         buf_len: u32,
     ) {
         debug_assert_eq!(indices.len(), descs.len());
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
-            let d = RawDesc {
-                addr,
-                len,
-                flags: if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                },
-                next: if last { 0 } else { indices[i + 1] },
-            };
-            self.write_desc(mem, indices[i], &d);
+        for i in 0..descs.len() {
+            let next = indices.get(i + 1).copied().unwrap_or(0);
+            self.write_desc(mem, indices[i], &chain_desc(descs, i, next));
         }
         let head = indices[0];
         self.chains[usize::from(head)] = Some(Chain {
@@ -227,18 +234,8 @@ impl Vring {
         table: GuestAddress,
         descs: &[(u64, u32, u16)],
     ) {
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
-            let d = RawDesc {
-                addr,
-                len,
-                flags: if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                },
-                next: if last { 0 } else { (i + 1) as u16 },
-            };
+        for i in 0..descs.len() {
+            let d = chain_desc(descs, i, (i + 1) as u16);
             write_desc_at(mem, GuestAddress(table.0 + DESC_SIZE * i as u64), &d);
         }
         let d = RawDesc {
