@@ -396,6 +396,11 @@ mod tests {
         let e = parse("[[device]]\nsocket = \"/run/a.sock\"\ntap = \"a-name-far-too-long\"\n")
             .unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("tap")));
+        // A `%d` pattern would be expanded by the kernel, past the check
+        // that no two devices share a TAP.
+        let e = parse("[[device]]\nsocket = \"/run/a.sock\"\ntap = \"vt%d\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("tap")));
+        assert!(e.message.contains("'%'"), "{}", e.message);
     }
 
     #[test]

@@ -308,3 +308,43 @@ fn private_directories_of_dead_daemons_are_removed() {
         .expect("the stale directory was not removed");
     assert!(!stale.exists());
 }
+
+#[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
+fn a_device_that_cannot_start_takes_the_started_ones_down_cleanly() {
+    // The second device asks for two queues on an existing single-queue
+    // TAP: refused. The first device, already listening, must not leave
+    // its socket, its TAP or the private directory behind.
+    let dir = TempDir::new("two");
+    let (tap1, tap2) = (unique_name("vti"), unique_name("vti"));
+    let out = ip(&["tuntap", "add", "dev", &tap2, "mode", "tap", "vnet_hdr"]);
+    assert!(out.status.success(), "ip tuntap add: {out:?}");
+    let _guard = TapGuard(tap2.clone());
+    let (s1, s2) = (dir.join("one.sock"), dir.join("two.sock"));
+    let config = dir.join("two.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[device]]\nsocket = {:?}\ntap = {tap1:?}\n\n[[device]]\nsocket = {:?}\ntap = {tap2:?}\nqueues = 2\n",
+            s1.display().to_string(),
+            s2.display().to_string()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the daemon");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for the daemon");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "log:\n{log}");
+    assert!(log.contains(&format!("{tap1}: listening")), "log:\n{log}");
+    assert!(!s1.exists(), "the first device's socket was left");
+    assert!(!tap_exists(&tap1), "the first device's TAP was left");
+    let private = std::env::temp_dir().join(format!("vhost-tap.{pid}"));
+    assert!(!private.exists(), "{} was left", private.display());
+    assert!(!log.contains("panicked"), "log:\n{log}");
+}
