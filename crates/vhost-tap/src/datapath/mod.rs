@@ -254,13 +254,8 @@ impl QueuePair {
         if let Some(aqm) = &self.aqm {
             aqm.publish(&self.counters);
         }
-        let interrupt = match self.rx_used.needs_notification(queue, mem) {
-            Ok(s) => s,
-            Err(e) => {
-                self.break_rx(&e);
-                false
-            }
-        };
+        let wanted = self.rx_used.needs_notification(queue, mem);
+        let interrupt = self.rx_ok(wanted).unwrap_or(false);
         Pass {
             work_left,
             interrupt,
@@ -286,6 +281,16 @@ impl QueuePair {
             self.index
         );
         self.tap_readable = false;
+    }
+
+    /// The value of `r`, or `None` after breaking the RX queue with its error.
+    fn rx_ok<T>(&mut self, r: Result<T, QueueError>) -> Option<T> {
+        r.map_err(|e| self.break_rx(&e)).ok()
+    }
+
+    /// The same for the TX queue.
+    fn tx_ok<T>(&mut self, r: Result<T, QueueError>) -> Option<T> {
+        r.map_err(|e| self.break_tx(&e)).ok()
     }
 
     fn break_rx(&mut self, why: &QueueError) {

@@ -84,9 +84,8 @@ impl QueuePair {
         if let Err(e) = self.direct_batch(queue, map, neg, budget, &mut batch) {
             self.break_rx(&e);
         }
-        if let Err(e) = self.rx_used.publish(queue, map.mem()) {
-            self.break_rx(&e);
-        }
+        let published = self.rx_used.publish(queue, map.mem());
+        self.rx_ok(published);
         let c = &self.counters;
         QueueCounters::add(&c.rx_frames, batch.delivered);
         QueueCounters::add(&c.rx_direct_frames, batch.delivered);

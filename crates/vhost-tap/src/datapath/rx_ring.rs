@@ -142,9 +142,8 @@ impl QueuePair {
         neg: Negotiated,
     ) -> usize {
         let (frames, bytes) = self.fill_guest_batch(queue, map, neg);
-        if let Err(e) = self.rx_used.publish(queue, map.mem()) {
-            self.break_rx(&e);
-        }
+        let published = self.rx_used.publish(queue, map.mem());
+        self.rx_ok(published);
         QueueCounters::add(&self.counters.rx_frames, frames as u64);
         QueueCounters::add(&self.counters.rx_bytes, bytes);
         frames

@@ -70,16 +70,10 @@ impl QueuePair {
             }
         };
         // One used-index update for the whole batch.
-        if let Err(e) = self.tx_used.publish(queue, mem) {
-            self.break_tx(&e);
-        }
-        let interrupt = match self.tx_used.needs_notification(queue, mem) {
-            Ok(s) => s,
-            Err(e) => {
-                self.break_tx(&e);
-                false
-            }
-        };
+        let published = self.tx_used.publish(queue, mem);
+        self.tx_ok(published);
+        let wanted = self.tx_used.needs_notification(queue, mem);
+        let interrupt = self.tx_ok(wanted).unwrap_or(false);
         Pass {
             work_left,
             interrupt,
