@@ -8,21 +8,31 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use vu_driver::RxFrame;
+use vu_driver::{Driver, RxFrame};
+
+/// The ring between reader and filler in these tests: small, so that a
+/// slow guest fills it quickly.
+const RING: usize = 64;
+
+/// A daemon in `mode` with a small ring, a connected guest, and the TAP's
+/// `tx_dropped` before any traffic.
+fn slow_guest(mode: &str) -> (Daemon, Driver, u64) {
+    let d = Daemon::start(Opts {
+        ring_size: Some(RING),
+        extra: vec!["--mode".into(), mode.into()],
+        ..opts()
+    });
+    let drv = d.connect();
+    let tx_dropped_before = tap_stat(&d.tap, "tx_dropped");
+    (d, drv, tx_dropped_before)
+}
 
 #[test]
 #[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn slow_guest_causes_no_daemon_drops() {
-    const RING: usize = 64;
     const POSTED: usize = 32;
     const SENT: u32 = 20_000;
-    let mut d = Daemon::start(Opts {
-        ring_size: Some(RING),
-        extra: vec!["--mode".into(), "backpressure".into()],
-        ..opts()
-    });
-    let mut drv = d.connect();
-    let tx_dropped_before = tap_stat(&d.tap, "tx_dropped");
+    let (mut d, mut drv, tx_dropped_before) = slow_guest("backpressure");
     assert_eq!(drv.post_rx(0, POSTED, 2048), POSTED);
     let sock = PacketSock::open(&d.tap, false);
     let tag = fresh_tag();
@@ -119,17 +129,10 @@ fn slow_guest_causes_no_daemon_drops() {
 #[test]
 #[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn fq_codel_mode_holds_the_backlog_without_tail_drops() {
-    const RING: usize = 64;
     const CHUNK: u32 = 500;
     const CHUNKS: u32 = 6;
-    let mut d = Daemon::start(Opts {
-        ring_size: Some(RING),
-        extra: vec!["--mode".into(), "fq-codel".into()],
-        ..opts()
-    });
+    let (mut d, mut drv, tx_dropped_before) = slow_guest("fq-codel");
     d.assert_mode("fq-codel");
-    let mut drv = d.connect();
-    let tx_dropped_before = tap_stat(&d.tap, "tx_dropped");
     let sock = PacketSock::open(&d.tap, false);
     let tag = fresh_tag();
     // More than the tun ring (txqueuelen 1000) and far more than the
