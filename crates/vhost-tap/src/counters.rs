@@ -82,6 +82,10 @@ counters! {
         rx_no_guest_buffers,
         /// Highest ring occupancy seen (frames).
         rx_ring_high_water,
+        /// Largest frame (bytes, without the virtio-net header) written into guest RX buffers: above the MTU when GSO frames cross.
+        rx_frame_bytes_high_water,
+        /// Largest frame (bytes, without the virtio-net header) the TAP accepted from the guest: above the MTU when the guest sends GSO frames.
+        tx_frame_bytes_high_water,
         /// Times a TAP write returned EAGAIN/ENOBUFS and TX waited for EPOLLOUT.
         tx_tap_full,
         /// Kicks from the guest on the RX queue (it posted buffers while we waited for them).

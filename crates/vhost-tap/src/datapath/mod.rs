@@ -82,6 +82,40 @@ pub struct Pass {
     pub interrupt: bool,
 }
 
+/// Frames moved in one batch, counted once per batch (not per frame).
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    frames: u64,
+    /// Ethernet bytes, virtio-net headers not included.
+    bytes: u64,
+    /// The largest of those frames.
+    largest: u64,
+}
+
+impl Tally {
+    /// One frame of `len` bytes, its `hdr_len`-byte header included.
+    fn add(&mut self, len: usize, hdr_len: usize) {
+        let bytes = len.saturating_sub(hdr_len) as u64;
+        self.frames += 1;
+        self.bytes += bytes;
+        self.largest = self.largest.max(bytes);
+    }
+
+    /// Into the RX counters (frames written into guest buffers).
+    fn publish_rx(&self, c: &QueueCounters) {
+        QueueCounters::add(&c.rx_frames, self.frames);
+        QueueCounters::add(&c.rx_bytes, self.bytes);
+        QueueCounters::raise(&c.rx_frame_bytes_high_water, self.largest);
+    }
+
+    /// Into the TX counters (frames the TAP accepted).
+    fn publish_tx(&self, c: &QueueCounters) {
+        QueueCounters::add(&c.tx_frames, self.frames);
+        QueueCounters::add(&c.tx_bytes, self.bytes);
+        QueueCounters::raise(&c.tx_frame_bytes_high_water, self.largest);
+    }
+}
+
 /// One queue pair's state, owned by its worker thread (behind a mutex that
 /// only that thread takes in steady state).
 pub struct QueuePair {

@@ -21,7 +21,7 @@ use virtio_queue::{Queue, QueueOwnedT};
 use super::rx_buffers::{self, Avail, Gathered, Table};
 use super::used::UsedRing;
 use super::vnet::{Negotiated, BUF_SIZE, NUM_BUFFERS_AT, SMALL_FRAME_ROOM};
-use super::{QueueError, QueuePair};
+use super::{QueueError, QueuePair, Tally};
 use crate::counters::QueueCounters;
 use crate::guest::iovecs::{guest_iovecs, read_chains, write_chains_at};
 use crate::guest::map::GuestMap;
@@ -65,8 +65,8 @@ enum Settled {
 struct Batch {
     /// Frames read from the TAP (delivered, spilled or dropped).
     read: usize,
-    delivered: u64,
-    bytes: u64,
+    /// Frames delivered into the guest's chains.
+    delivered: Tally,
 }
 
 impl QueuePair {
@@ -86,10 +86,8 @@ impl QueuePair {
         }
         let published = self.rx_used.publish(queue, map.mem());
         self.rx_ok(published);
-        let c = &self.counters;
-        QueueCounters::add(&c.rx_frames, batch.delivered);
-        QueueCounters::add(&c.rx_direct_frames, batch.delivered);
-        QueueCounters::add(&c.rx_bytes, batch.bytes);
+        batch.delivered.publish_rx(&self.counters);
+        QueueCounters::add(&self.counters.rx_direct_frames, batch.delivered.frames);
         batch.read
     }
 
@@ -128,10 +126,7 @@ impl QueuePair {
             batch.read += 1;
             let settled = self.direct_settle(&mut iter, map, &ring, neg, slot, g, spill, n);
             match settled {
-                Ok(Settled::Delivered) => {
-                    batch.delivered += 1;
-                    batch.bytes += (n - neg.hdr_len) as u64;
-                }
+                Ok(Settled::Delivered) => batch.delivered.add(n, neg.hdr_len),
                 Ok(Settled::Dropped) => {}
                 Ok(Settled::Spilled) => break,
                 Err(e) => {

@@ -15,7 +15,7 @@ use super::rx_buffers::{self, Table};
 use super::slots;
 use super::used::{UsedBatch, UsedRing};
 use super::vnet::{Negotiated, BUF_SIZE};
-use super::{QueueError, QueuePair, BUDGET};
+use super::{QueueError, QueuePair, Tally, BUDGET};
 use crate::counters::QueueCounters;
 use crate::guest::chain::Chain;
 use crate::guest::iovecs::write_chains;
@@ -141,24 +141,22 @@ impl QueuePair {
         map: &GuestMap<'_>,
         neg: Negotiated,
     ) -> usize {
-        let (frames, bytes) = self.fill_guest_batch(queue, map, neg);
+        let tally = self.fill_guest_batch(queue, map, neg);
         let published = self.rx_used.publish(queue, map.mem());
         self.rx_ok(published);
-        QueueCounters::add(&self.counters.rx_frames, frames as u64);
-        QueueCounters::add(&self.counters.rx_bytes, bytes);
-        frames
+        tally.publish_rx(&self.counters);
+        tally.frames as usize
     }
 
-    /// The loop of `fill_guest`: (frames delivered, their bytes without headers).
+    /// The loop of `fill_guest`: the frames delivered.
     fn fill_guest_batch(
         &mut self,
         queue: &mut Queue,
         map: &GuestMap<'_>,
         neg: Negotiated,
-    ) -> (usize, u64) {
-        let mut delivered = 0;
-        let mut bytes = 0u64;
-        while delivered < BUDGET {
+    ) -> Tally {
+        let mut tally = Tally::default();
+        while (tally.frames as usize) < BUDGET {
             let (verdict, flen) = match &mut self.aqm {
                 None => {
                     let Some((slot, len)) = self.consumer.peek() else {
@@ -186,10 +184,7 @@ impl QueuePair {
                 }
             };
             match verdict {
-                Ok(Delivery::Done) => {
-                    delivered += 1;
-                    bytes += flen.saturating_sub(neg.hdr_len) as u64;
-                }
+                Ok(Delivery::Done) => tally.add(flen, neg.hdr_len),
                 Ok(Delivery::TooBig { len, capacity }) => {
                     QueueCounters::add(&self.counters.rx_dropped_too_big, 1);
                     log::debug!(
@@ -225,7 +220,7 @@ impl QueuePair {
                 Some(aqm) => aqm.release_head(),
             }
         }
-        (delivered, bytes)
+        tally
     }
 }
 

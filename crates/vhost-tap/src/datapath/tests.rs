@@ -298,6 +298,8 @@ fn rx_frames_go_straight_into_guest_buffers() {
         assert_eq!(&got[HDR_LEN..], &frame[HDR_LEN..]);
     }
     assert_eq!((get(&f.c.rx_frames), get(&f.c.rx_direct_frames)), (2, 2));
+    assert_eq!(get(&f.c.rx_bytes), 60 + 1400);
+    assert_eq!(get(&f.c.rx_frame_bytes_high_water), 1400);
     assert_eq!(f.c.dropped(), 0);
 }
 
@@ -428,6 +430,8 @@ fn tx_frames_are_written_from_guest_memory() {
     assert_eq!(f.written(), vec![frame]);
     assert_eq!(f.v.used_idx(), 1);
     assert_eq!(get(&f.c.tx_frames), 1);
+    assert_eq!(get(&f.c.tx_bytes), 60);
+    assert_eq!(get(&f.c.tx_frame_bytes_high_water), 60);
 }
 
 /// EAGAIN and ENOBUFS on a TAP write mean "full for now": the chain stays

@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use super::rx_buffers::Table;
 use super::used::UsedRing;
 use super::vnet::Negotiated;
-use super::{Pass, QueueError, QueuePair, BUDGET};
+use super::{Pass, QueueError, QueuePair, Tally, BUDGET};
 use crate::counters::QueueCounters;
 use crate::guest::chain::{self, Chain, Direction};
 use crate::guest::iovecs::guest_iovecs;
@@ -51,11 +51,9 @@ impl QueuePair {
             return Pass::default();
         }
         let map = &GuestMap::new(mem);
-        let mut frames = 0u64;
-        let mut bytes = 0u64;
-        let drained = self.tx_drain(queue, map, neg, &mut frames, &mut bytes);
-        QueueCounters::add(&self.counters.tx_frames, frames);
-        QueueCounters::add(&self.counters.tx_bytes, bytes);
+        let mut sent = Tally::default();
+        let drained = self.tx_drain(queue, map, neg, &mut sent);
+        sent.publish_tx(&self.counters);
         let work_left = match drained {
             Ok(Drained::Budget) => true,
             Ok(Drained::TapFull) => {
@@ -87,8 +85,7 @@ impl QueuePair {
         queue: &mut Queue,
         map: &GuestMap<'_>,
         neg: Negotiated,
-        frames: &mut u64,
-        bytes: &mut u64,
+        sent: &mut Tally,
     ) -> Result<Drained, QueueError> {
         let mem = map.mem();
         let notifications = |verb| move |source| QueueError::Notifications { verb, source };
@@ -104,9 +101,7 @@ impl QueuePair {
         let mut done = 0;
         let drained = loop {
             let used = UsedRing::of(queue);
-            let r = self.tx_pass(
-                queue, map, table, &used, neg, &mut chain, &mut done, frames, bytes,
-            );
+            let r = self.tx_pass(queue, map, table, &used, neg, &mut chain, &mut done, sent);
             match r {
                 Ok(None) => {}
                 Ok(Some(end)) => break Ok(end),
@@ -145,8 +140,7 @@ impl QueuePair {
         neg: Negotiated,
         chain: &mut Chain,
         done: &mut usize,
-        frames: &mut u64,
-        bytes: &mut u64,
+        sent: &mut Tally,
     ) -> Result<Option<Drained>, QueueError> {
         // One avail-index read per pass, not per chain.
         let mut iter = queue.iter(map.mem()).map_err(QueueError::AvailRing)?;
@@ -164,10 +158,7 @@ impl QueuePair {
                 chain,
             )?;
             match self.send(map, chain, neg)? {
-                Sent::Frame => {
-                    *frames += 1;
-                    *bytes += (chain.total_len as usize - neg.hdr_len) as u64;
-                }
+                Sent::Frame => sent.add(chain.total_len as usize, neg.hdr_len),
                 Sent::Dropped => {}
                 Sent::TapFull => {
                     // The chain stays in the guest's ring; EPOLLOUT resumes.
