@@ -29,6 +29,9 @@ macro_rules! counters {
         }
 
         impl $name {
+            /// Every counter's name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field),)*];
+
             /// `(name, value)` for every counter, in declaration order.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($field), self.$field.load(Ordering::Relaxed)),)*]
@@ -128,24 +131,16 @@ impl QueueCounters {
     pub fn dropped(&self) -> u64 {
         self.snapshot()
             .into_iter()
-            .filter(|(name, _)| name.contains("_dropped_"))
+            .filter(|(name, _)| is_drop(name))
             .map(|(_, v)| v)
             .sum()
     }
 }
 
-/// Formats the counters of a device as one line per queue pair:
-/// `vhost-tap: device=NAME queue=N key=value ...`.
-pub fn report(device: &str, queues: &[&QueueCounters]) -> String {
-    let mut out = String::new();
-    for (i, q) in queues.iter().enumerate() {
-        let _ = write!(out, "device={device} queue={i}");
-        for (name, value) in q.snapshot() {
-            let _ = write!(out, " {name}={value}");
-        }
-        out.push('\n');
-    }
-    out
+/// Whether counter `name` counts frames the daemon lost (AQM decisions are
+/// `rx_aqm_*_drops`, not these).
+fn is_drop(name: &str) -> bool {
+    name.contains("_dropped_")
 }
 
 /// What a device report is for.
@@ -204,7 +199,7 @@ impl QueueReport {
     pub fn dropped(&self) -> u64 {
         self.counters
             .iter()
-            .filter(|(k, _)| k.contains("_dropped_"))
+            .filter(|(k, _)| is_drop(k))
             .map(|(_, v)| v)
             .sum()
     }
@@ -219,6 +214,29 @@ impl DeviceReport {
     /// Frames the daemon dropped, over all queues (AQM decisions excluded).
     pub fn dropped(&self) -> u64 {
         self.queues.iter().map(QueueReport::dropped).sum()
+    }
+
+    /// The report for people: one line per queue pair,
+    /// `device=NAME queue=N key=value ...` in declaration order, then
+    /// `tap=NAME mode=MODE tap_tx_dropped=N`.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for q in &self.queues {
+            let _ = write!(out, "device={} queue={}", self.device, q.queue);
+            for name in QueueCounters::NAMES {
+                let _ = write!(out, " {name}={}", q.get(name));
+            }
+            out.push('\n');
+        }
+        let tail = self
+            .tap_tx_dropped
+            .map_or_else(|| "unknown".to_string(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "tap={} mode={} tap_tx_dropped={tail}",
+            self.tap, self.mode
+        );
+        out
     }
 
     /// The log line: [`JSON_TAG`] and the report as one JSON object.
@@ -255,11 +273,21 @@ mod tests {
         QueueCounters::add(&q.tx_dropped_tap_error, 1);
         QueueCounters::raise(&q.rx_ring_high_water, 7);
         QueueCounters::raise(&q.rx_ring_high_water, 5);
-        let line = report("vm0", &[&q]);
+        let r = DeviceReport {
+            event: ReportEvent::Signal,
+            device: "vm0".into(),
+            tap: "vt0".into(),
+            mode: "fq-codel".into(),
+            tap_tx_dropped: None,
+            queues: vec![QueueReport::of(0, &q)],
+        };
+        let line = r.human();
         assert!(line.starts_with("device=vm0 queue=0 rx_frames=3 "));
         assert!(line.contains(" rx_ring_high_water=7"));
         assert!(line.contains(" tx_tap_full=0"));
+        assert!(line.ends_with("\ntap=vt0 mode=fq-codel tap_tx_dropped=unknown\n"));
         assert_eq!(q.dropped(), 3);
+        assert_eq!(r.dropped(), 3);
     }
 
     #[test]

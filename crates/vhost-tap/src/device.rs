@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::info;
 
-use crate::counters::{self, DeviceReport, QueueCounters, QueueReport, ReportEvent};
+use crate::counters::{DeviceReport, QueueCounters, QueueReport, ReportEvent};
 use crate::datapath::{QueuePair, TapQueue};
 use crate::settings::DeviceSettings;
 
@@ -43,25 +43,9 @@ impl Device {
         })
     }
 
-    /// Every queue's counters, then one line for the device: the mode and
+    /// One snapshot of every queue's counters, with the device's mode and
     /// the kernel's tun tail drops (the TAP's `tx_dropped`).
-    pub fn report(&self) -> String {
-        let qs: Vec<&QueueCounters> = self.counters.iter().map(|c| &**c).collect();
-        let mut r = counters::report(&self.settings.name, &qs);
-        let tail = self
-            .tap
-            .tx_dropped()
-            .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
-        r.push_str(&format!(
-            "tap={} mode={} tap_tx_dropped={tail}\n",
-            self.tap.name(),
-            self.settings.mode.name()
-        ));
-        r
-    }
-
-    /// The structured form of [`Device::report`], for tools.
-    pub fn report_json(&self, event: ReportEvent) -> DeviceReport {
+    pub fn report(&self, event: ReportEvent) -> DeviceReport {
         DeviceReport {
             event,
             device: self.settings.name.clone(),
@@ -77,10 +61,11 @@ impl Device {
         }
     }
 
-    /// Log both forms of the counters: the human lines, then the JSON line.
+    /// Log one snapshot in both forms: the human lines, then the JSON line.
     pub fn log_report(&self, event: ReportEvent, title: &str) {
-        info!("{title}:\n{}", self.report().trim_end());
-        info!("{}", self.report_json(event).to_log_line());
+        let r = self.report(event);
+        info!("{title}:\n{}", r.human().trim_end());
+        info!("{}", r.to_log_line());
     }
 
     /// Lock a queue pair, recovering it if a worker panicked while holding it.

@@ -189,10 +189,8 @@ impl QueuePair {
     pub fn reset_for_connection(&mut self) {
         self.tap_readable = true;
         self.tx_blocked = false;
-        self.rx_broken = false;
-        self.tx_broken = false;
-        self.rx_kicks_on = true;
-        self.tx_kicks_on = true;
+        let _ = self.reset_rx();
+        let _ = self.reset_tx();
     }
 
     /// The guest stopped its RX vring (`GET_VRING_BASE`, as at a driver
