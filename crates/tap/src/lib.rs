@@ -598,10 +598,10 @@ fn interface_exists(name: &str) -> bool {
 
 /// The tun flags of an existing interface `name` (`/sys/class/net/NAME/tun_flags`),
 /// `None` if there is no such interface, `Error::NotATap` if it is not a tun device.
-/// How many queues are attached to the TAP `name` now: tun keeps the
-/// device's real TX queue count equal to its attached queues (at least 1),
-/// and sysfs shows one `queues/tx-N` directory per real queue.
-fn attached_queues(name: &str) -> Result<usize, Error> {
+/// How many queues are attached to the TAP `name` now, by every process:
+/// tun keeps the device's real TX queue count equal to its attached queues
+/// (at least 1), and sysfs shows one `queues/tx-N` directory per real queue.
+pub fn attached_queues(name: &str) -> Result<usize, Error> {
     let path = Path::new(SYS_CLASS_NET).join(name).join("queues");
     let dir = std::fs::read_dir(&path).map_err(|source| Error::ReadSysfs {
         name: name.to_string(),

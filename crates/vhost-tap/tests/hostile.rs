@@ -264,13 +264,7 @@ fn a_second_daemon_is_refused_on_a_served_multi_queue_tap() {
         "log:\n{log}"
     );
     // The TAP still has only the first daemon's two queues, and it serves.
-    let txq = fs::read_dir(format!("/sys/class/net/{}/queues", first.tap))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("tx-"))
-        })
-        .count();
+    let txq = tap::attached_queues(&first.tap).expect("reading the TAP's queues");
     assert_eq!(txq, 2);
     assert_serves(&mut first);
 }
