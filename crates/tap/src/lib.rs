@@ -56,6 +56,13 @@ pub const IFF_PERSIST: u32 = 0x0800;
 pub const IFF_NO_PI: u32 = 0x1000;
 /// `IFF_VNET_HDR`: a virtio-net header in front of every frame.
 pub const IFF_VNET_HDR: u32 = 0x4000;
+/// `IFF_ONE_QUEUE`: obsolete, still kept in the device's flags.
+const IFF_ONE_QUEUE: u32 = 0x2000;
+/// The flags every `TUNSETIFF` on a queue rewrites on the device
+/// (`TUN_FEATURES` in the kernel, but for the NAPI ones, which only count at
+/// creation): the ones to give back to a TAP we attached to.
+const ATTACH_FLAGS: u32 =
+    IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE | IFF_BACKPRESSURE | IFF_ONE_QUEUE;
 
 /// `TUN_F_CSUM`: the reader handles partial checksums.
 pub const TUN_F_CSUM: u32 = 0x01;
@@ -140,6 +147,9 @@ pub struct Tap {
     flags: u32,
     /// IFF_PERSIST when we found the interface (false if we created it).
     persist_found: bool,
+    /// The device's flags when we found it (`None` if we created it): our
+    /// `TUNSETIFF`s overwrite them, so dropping the handle gives them back.
+    flags_found: Option<u32>,
     /// IFF_PERSIST now, as far as this handle set it.
     persist_now: bool,
 }
@@ -246,6 +256,7 @@ impl Tap {
             created: existing.is_none(),
             flags: effective,
             persist_found: existing.is_some_and(|found| found & IFF_PERSIST != 0),
+            flags_found: existing,
             persist_now: effective & IFF_PERSIST != 0,
         };
         tap.set_vnet_hdr_size(cfg.vnet_hdr_size)?;
@@ -385,8 +396,9 @@ impl Tap {
 
     /// Shut down: remove the interface if this handle created it (clearing
     /// TUNSETPERSIST first if it is set), or restore the persist flag of an
-    /// attached TAP as found, then close every fd. Link state, MTU and
-    /// txqueuelen of an attached TAP are not restored.
+    /// attached TAP as found, then close every fd (dropping the handle then
+    /// gives an attached TAP back its flags, see [`Drop`]). Link state, MTU,
+    /// txqueuelen and the vnet header size of an attached TAP are not restored.
     ///
     /// If a created TAP is still there afterwards, another process holds a
     /// queue of it; that is logged, not an error.
@@ -399,14 +411,9 @@ impl Tap {
         if self.persist_now != persist_wanted {
             self.set_persist(persist_wanted)?;
         }
-        let Tap {
-            queues,
-            name,
-            created,
-            ..
-        } = self;
-        drop(queues);
-        if created && interface_exists(&name) {
+        drop(std::mem::take(&mut self.queues));
+        let (name, created) = (&self.name, self.created);
+        if created && interface_exists(name) {
             log::warn!("tap: {name} still exists after closing our fds: another process holds a queue of it");
         } else {
             log::info!(
@@ -480,6 +487,48 @@ impl Tap {
             sys::if_ioctl(&sock, sys::IfIoctl::SetFlags, &mut req).map_err(link_up)?;
         }
         Ok(())
+    }
+}
+
+/// Dropping a handle closes its fds. A TAP we attached to gets back the
+/// flags it had (our `TUNSETIFF`s overwrote them, `IFF_BACKPRESSURE` and
+/// `IFF_VNET_HDR` included): one fd attaches once more with the flags found
+/// and closes. Failures are logged; there is no one left to return them to.
+impl Drop for Tap {
+    fn drop(&mut self) {
+        drop(std::mem::take(&mut self.queues));
+        let Some(found) = self.flags_found.take() else {
+            return;
+        };
+        if (found ^ self.flags) & ATTACH_FLAGS == 0 || !interface_exists(&self.name) {
+            return;
+        }
+        let restore = (found & ATTACH_FLAGS) | IFF_TAP;
+        let restored = open_tun_device(&self.name).and_then(|file| {
+            let mut req = sys::IfReq::new(&self.name);
+            req.set_flags(restore);
+            sys::tun_set_iff(&file, &mut req).map_err(|source| Error::SetIff {
+                name: self.name.clone(),
+                queue: 0,
+                source,
+            })
+        });
+        match restored {
+            Ok(()) => log::info!(
+                "tap: {} has its flags back ({:#x} -> {:#x})",
+                self.name,
+                self.flags,
+                existing_tun_flags(&self.name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(found)
+            ),
+            Err(e) => log::warn!(
+                "tap: cannot give {} back its flags {found:#x} (now {:#x}): {e}",
+                self.name,
+                self.flags
+            ),
+        }
     }
 }
 

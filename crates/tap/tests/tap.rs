@@ -515,3 +515,35 @@ fn backpressure_is_set_exactly_when_the_kernel_offers_it() {
     assert!(!tap.backpressure(), "Off never sets it");
     tap.close_and_remove().unwrap();
 }
+
+/// Our `TUNSETIFF` rewrites the device's flags (here it adds IFF_VNET_HDR;
+/// on Linux 7.3 also IFF_BACKPRESSURE, checked in the 7.3 VM test): an
+/// attached TAP gets the flags it had back, whether the handle is dropped
+/// or closed with `close_and_remove`, single- or multi-queue.
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN) and /dev/net/tun: run by tests/run.sh"]
+fn attached_tap_gets_its_flags_back() {
+    for (multi, close) in [(false, false), (false, true), (true, false)] {
+        let name = unique_name();
+        let _cleanup = TapGuard(name.clone());
+        let mut args = vec!["tuntap", "add", "dev", &name, "mode", "tap"];
+        if multi {
+            args.push("multi_queue");
+        }
+        ip(&args);
+        let before = sysfs_hex(&name, "tun_flags");
+        assert_eq!(before & IFF_VNET_HDR, 0, "ip tuntap sets no vnet_hdr");
+        let tap = Tap::open(&config(&name, 1)).unwrap();
+        assert_ne!(sysfs_hex(&name, "tun_flags") & IFF_VNET_HDR, 0);
+        if close {
+            tap.close_and_remove().unwrap();
+        } else {
+            drop(tap);
+        }
+        assert_eq!(
+            sysfs_hex(&name, "tun_flags"),
+            before,
+            "flags of {name} (multi_queue {multi}, close_and_remove {close})"
+        );
+    }
+}

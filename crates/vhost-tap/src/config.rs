@@ -35,6 +35,9 @@ pub struct DeviceConfig {
     /// the mode asked for (`Auto` is resolved when the TAP is open).
     pub device: DeviceSettings,
     pub txqueuelen: Option<u32>,
+    /// Ask for `IFF_BACKPRESSURE` when the kernel offers it (default). Off
+    /// only to measure the tun driver's tail drops as a baseline.
+    pub iff_backpressure: bool,
 }
 
 /// A configuration error, located.
@@ -79,6 +82,7 @@ pub struct RawDevice {
     pub fq_limit: Option<Spanned<i64>>,
     pub fq_memory_limit: Option<Spanned<i64>>,
     pub fq_ecn: Option<Spanned<bool>>,
+    pub iff_backpressure: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +270,7 @@ impl RawDevice {
                 fq,
             },
             txqueuelen,
+            iff_backpressure: self.iff_backpressure.as_ref().is_none_or(|v| *v.get_ref()),
         })
     }
 

@@ -63,6 +63,8 @@ counters! {
         rx_dropped_queue_broken,
         /// Frames still in the ring when the daemon shut down.
         rx_dropped_shutdown,
+        /// Frames the FQ-CoDel queue still held when `auto` switched to backpressure mode at a frontend's connect (they waited for a guest that left).
+        rx_dropped_mode_change,
         /// Frames lost to a broken internal invariant (the ring refused a slot it had offered): a bug, always 0.
         rx_dropped_internal,
         /// Guest TX chains shorter than a virtio-net header plus an Ethernet header (returned to the guest unsent).

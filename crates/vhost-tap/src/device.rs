@@ -1,14 +1,16 @@
 //! A device: its TAP, its queue pairs (with the frames waiting in their
-//! rings) and their counters. It outlives frontend connections: a guest
-//! that reconnects finds it as it was.
+//! rings) and their counters, and the queue mode in effect. It outlives
+//! frontend connections: a guest that reconnects finds it as it was.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::info;
+use log::{info, warn};
 
 use crate::counters::{DeviceReport, QueueCounters, QueueReport, ReportEvent};
 use crate::datapath::{QueuePair, TapQueue};
-use crate::settings::DeviceSettings;
+use crate::mode::{self, Resolution};
+use crate::qdisc::Qdiscs;
+use crate::settings::{DeviceSettings, Mode};
 
 /// Why a device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -19,20 +21,46 @@ pub enum DeviceError {
 
 /// A device, shared by the connections that come and go.
 pub struct Device {
+    /// As configured; `settings.mode` is the mode asked for.
     pub settings: DeviceSettings,
     pub tap: Arc<tap::Tap>,
     pub pairs: Vec<Mutex<QueuePair>>,
     pub counters: Vec<Arc<QueueCounters>>,
+    /// The mode in effect and why. `auto` is decided again at every
+    /// frontend connect ([`Device::decide_mode_again`]), while no worker runs.
+    mode: Mutex<Resolution>,
+}
+
+/// Decide the mode from the TAP's flags and, where it matters, its qdiscs.
+fn decide(requested: Mode, tap: &tap::Tap) -> Resolution {
+    let flag_on = tap.backpressure();
+    let qdiscs = if requested != Mode::FqCodel && flag_on {
+        Qdiscs::of(tap.name())
+    } else {
+        Ok(Qdiscs::default())
+    };
+    mode::resolve(mode::Inputs {
+        requested,
+        flag_on,
+        kernel_offers: tap::Tap::kernel_features().is_ok_and(|f| f & tap::IFF_BACKPRESSURE != 0),
+        qdiscs: &qdiscs,
+    })
 }
 
 impl Device {
     pub fn new(settings: DeviceSettings, tap: tap::Tap) -> Result<Device, DeviceError> {
+        // Checked once here, whatever the mode, so that a switch later cannot fail.
+        fq_codel::FqCodel::<crate::datapath::QueuedFrame>::try_new(settings.aqm())?;
+        let first = decide(settings.mode, &tap);
         let tap = Arc::new(tap);
         let mut pairs = Vec::with_capacity(settings.queue_pairs);
         for i in 0..settings.queue_pairs {
-            let aqm = settings.aqm().map(fq_codel::FqCodel::try_new).transpose()?;
             let io = Arc::new(TapQueue::new(tap.clone(), i));
-            pairs.push(QueuePair::new(i, io, settings.ring_size, aqm));
+            let mut pair = QueuePair::new(i, io, settings.ring_size, None);
+            if first.mode == Mode::FqCodel {
+                pair.set_aqm(Some(fq_codel::FqCodel::try_new(settings.aqm())?));
+            }
+            pairs.push(pair);
         }
         let counters = pairs.iter().map(|p| p.counters.clone()).collect();
         Ok(Device {
@@ -40,7 +68,56 @@ impl Device {
             tap,
             pairs: pairs.into_iter().map(Mutex::new).collect(),
             counters,
+            mode: Mutex::new(first),
         })
+    }
+
+    /// The mode in effect and why.
+    pub fn mode(&self) -> Resolution {
+        self.mode.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Decide `auto` again, as a frontend connects: since the last decision
+    /// the operator may have attached or removed a qdisc, or brought the TAP
+    /// up (a TAP the daemon created is down, qdisc `noop`, until then).
+    /// Switches every queue pair and logs a change. Call only while no
+    /// worker runs (between connections).
+    pub fn decide_mode_again(&self) {
+        if self.settings.mode != Mode::Auto {
+            return;
+        }
+        let now = decide(self.settings.mode, &self.tap);
+        let mut current = self.mode.lock().unwrap_or_else(|p| p.into_inner());
+        if now.mode == current.mode {
+            *current = now;
+            return;
+        }
+        info!(
+            "{}: mode {} -> {} ({})",
+            self.settings.name,
+            current.mode.name(),
+            now.mode.name(),
+            now.reason
+        );
+        for i in 0..self.pairs.len() {
+            let aqm = match now.mode {
+                Mode::FqCodel => match fq_codel::FqCodel::try_new(self.settings.aqm()) {
+                    Ok(fq) => Some(fq),
+                    Err(e) => {
+                        // Checked in `new`; cannot happen, but never panic.
+                        warn!(
+                            "{}: FQ-CoDel: {e}; staying in {}",
+                            self.settings.name,
+                            current.mode.name()
+                        );
+                        return;
+                    }
+                },
+                _ => None,
+            };
+            self.pair(i).set_aqm(aqm);
+        }
+        *current = now;
     }
 
     /// One snapshot of every queue's counters, with the device's mode and
@@ -50,7 +127,7 @@ impl Device {
             event,
             device: self.settings.name.clone(),
             tap: self.tap.name().to_string(),
-            mode: self.settings.mode.name().to_string(),
+            mode: self.mode().mode.name().to_string(),
             tap_tx_dropped: self.tap.tx_dropped().ok(),
             queues: self
                 .counters

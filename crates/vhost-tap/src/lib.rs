@@ -25,6 +25,9 @@
 //!   direct RX path, and the TX drainer; one file per role.
 //! - [`guest`]: guest memory on the per-frame path, descriptor chains
 //!   checked before any byte moves (the guest is not trusted), iovecs.
+//! - [`mode`]: which queue mode a device runs in and why (`auto` decided
+//!   from the TAP's `IFF_BACKPRESSURE` and its qdiscs, [`qdisc`], read over
+//!   rtnetlink), at start and again at every frontend connect.
 //! - [`counters`]: per-queue counters; every drop has a reason.
 
 pub mod backend;
@@ -33,6 +36,8 @@ pub mod counters;
 pub mod datapath;
 pub mod device;
 pub mod guest;
+pub mod mode;
+pub mod qdisc;
 pub mod relay;
 pub mod server;
 pub mod settings;

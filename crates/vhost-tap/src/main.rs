@@ -13,7 +13,7 @@ use vhost_tap::config::{self, DeviceConfig, RawDevice};
 use vhost_tap::counters::ReportEvent;
 use vhost_tap::device::Device;
 use vhost_tap::server::{self, DeviceServer, Stop};
-use vhost_tap::settings::{DeviceSettings, Mode};
+use vhost_tap::settings::Mode;
 
 /// A vhost-user-net backend bridging guests to host TAP devices, with
 /// backpressure instead of tail drops.
@@ -59,6 +59,10 @@ struct Cli {
     /// txqueuelen of the TAP (the tun driver's ring size).
     #[arg(long, value_name = "N")]
     txqueuelen: Option<i64>,
+    /// Ask for IFF_BACKPRESSURE when the kernel offers it (Linux 7.3+).
+    /// `false` keeps the tun driver's tail drops, as a baseline to compare with.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    iff_backpressure: bool,
     /// TOML file with one or more [[device]] tables (see docs/config.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -123,6 +127,7 @@ fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, StartError> {
         fq_limit: s(cli.fq_limit),
         fq_memory_limit: s(cli.fq_memory_limit),
         fq_ecn: s(cli.fq_ecn),
+        iff_backpressure: s(cli.iff_backpressure),
     };
     Ok(vec![raw.check_cli()?])
 }
@@ -178,55 +183,13 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
-/// The TAP's root qdisc kind, as `tc` reports it (None if `tc` is missing or fails).
-fn root_qdisc(tap: &str) -> Option<String> {
-    let out = std::process::Command::new("tc")
-        .args(["qdisc", "show", "dev", tap, "root"])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().nth(1).map(str::to_string)
-}
-
-/// Resolve `auto`: backpressure needs both IFF_BACKPRESSURE and a qdisc to hold the queue.
-fn resolve_mode(mode: Mode, t: &tap::Tap) -> (Mode, String) {
-    match mode {
-        Mode::Backpressure if t.backpressure() => (
-            mode,
-            "asked for; IFF_BACKPRESSURE is on, the TAP's qdisc keeps the queue".into(),
-        ),
-        Mode::Backpressure => (
-            mode,
-            "asked for; the kernel has no IFF_BACKPRESSURE, so the tun driver tail-drops when its ring is full".into(),
-        ),
-        Mode::FqCodel => (mode, "asked for".into()),
-        Mode::Auto if !t.backpressure() => (
-            Mode::FqCodel,
-            "auto: the kernel has no IFF_BACKPRESSURE (Linux 7.3+), so the daemon keeps the queue".into(),
-        ),
-        Mode::Auto => match root_qdisc(t.name()) {
-            Some(q) if q != "noqueue" => (
-                Mode::Backpressure,
-                format!("auto: IFF_BACKPRESSURE is on and the TAP has qdisc {q} to hold the queue"),
-            ),
-            q => (
-                Mode::FqCodel,
-                format!(
-                    "auto: IFF_BACKPRESSURE is on but the TAP has {} qdisc to hold the queue",
-                    q.map_or("no known".into(), |q| format!("the {q}"))
-                ),
-            ),
-        },
-    }
-}
-
 fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
     let dev = &d.device;
     let cfg = tap::TapConfig {
         name: dev.name.clone(),
         queues: dev.queue_pairs,
         vnet_hdr_size: vhost_tap::datapath::vnet::HDR_LEN as i32,
-        backpressure: if dev.mode == Mode::FqCodel {
+        backpressure: if dev.mode == Mode::FqCodel || !d.iff_backpressure {
             tap::BackpressureRequest::Off
         } else {
             tap::BackpressureRequest::IfAvailable
@@ -249,23 +212,21 @@ fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
             warn!("{}: {e}; the TAP keeps a random MAC", dev.name);
         }
     }
-    let (mode, why) = resolve_mode(dev.mode, &t);
-    info!(
-        "{}: TAP {} {} ({} queue(s)); mode {} ({why})",
-        dev.name,
-        t.name(),
-        if t.created() { "created" } else { "attached" },
-        t.queue_count(),
-        mode.name(),
-    );
-    let settings = DeviceSettings {
-        mode,
-        ..dev.clone()
-    };
-    Device::new(settings, t).map_err(|source| StartError::Device {
+    let (created, queues) = (t.created(), t.queue_count());
+    let device = Device::new(dev.clone(), t).map_err(|source| StartError::Device {
         tap: dev.name.clone(),
         source,
-    })
+    })?;
+    let m = device.mode();
+    info!(
+        "{}: TAP {} {} ({queues} queue(s)); mode {} ({})",
+        dev.name,
+        device.tap.name(),
+        if created { "created" } else { "attached" },
+        m.mode.name(),
+        m.reason,
+    );
+    Ok(device)
 }
 
 fn main() -> ExitCode {

@@ -245,6 +245,7 @@ impl DeviceServer {
             };
             let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
             info!("{}: frontend connected (connection {n})", self.name());
+            self.device.decide_mode_again();
             if let Err(e) = self.serve_connection(front, n) {
                 error!("{}: connection {n}: {e}", self.name());
             }

@@ -58,16 +58,17 @@ pub struct DeviceSettings {
     pub ring_size: usize,
     pub mac: [u8; 6],
     pub mtu: u16,
-    /// The queue mode in effect, after `auto` was resolved.
+    /// The queue mode asked for (`Auto` is resolved by the device, see
+    /// [`crate::mode`]).
     pub mode: Mode,
     /// FQ-CoDel parameters, for `Mode::FqCodel`.
     pub fq: FqSettings,
 }
 
 impl DeviceSettings {
-    /// The FQ-CoDel configuration of one queue pair, if the mode uses it.
-    pub fn aqm(&self) -> Option<fq_codel::Config> {
-        (self.mode == Mode::FqCodel).then(|| fq_codel::Config {
+    /// The FQ-CoDel configuration of one queue pair (in FQ-CoDel mode).
+    pub fn aqm(&self) -> fq_codel::Config {
+        fq_codel::Config {
             flows: self.fq.flows,
             limit: self.fq.limit,
             memory_limit: self.fq.memory_limit,
@@ -76,7 +77,7 @@ impl DeviceSettings {
             ecn: self.fq.ecn,
             seed: seed(),
             ..fq_codel::Config::default()
-        })
+        }
     }
 }
 

@@ -212,6 +212,25 @@ impl QueuePair {
         was_broken
     }
 
+    /// Switch the queue mode between connections: `Some` for FQ-CoDel mode,
+    /// `None` for backpressure mode. Frames in the ring stay (in FQ-CoDel
+    /// mode the next read batch moves them on into the AQM); frames an AQM
+    /// being removed still holds waited for a guest that left and are
+    /// counted as `rx_dropped_mode_change`.
+    pub fn set_aqm(&mut self, aqm: Option<fq_codel::FqCodel<QueuedFrame>>) {
+        if let Some(mut old) = self.aqm.take() {
+            let n = old.clear();
+            old.publish(&self.counters);
+            QueueCounters::add(&self.counters.rx_dropped_mode_change, n as u64);
+        }
+        self.aqm = aqm.map(Aqm::new);
+    }
+
+    /// Whether this pair runs in FQ-CoDel mode.
+    pub fn has_aqm(&self) -> bool {
+        self.aqm.is_some()
+    }
+
     /// Count the frames still in the ring (and the AQM) as lost (daemon shutdown).
     pub fn drop_ring_at_shutdown(&mut self) {
         let mut n = 0;
