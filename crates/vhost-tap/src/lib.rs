@@ -37,6 +37,7 @@ pub mod datapath;
 pub mod device;
 pub mod guest;
 pub mod mode;
+pub mod notify;
 pub mod qdisc;
 pub mod relay;
 pub mod server;

@@ -257,6 +257,9 @@ fn run(cli: &Cli) -> Result<(), StartError> {
             return Err(e);
         }
     };
+    // Every socket is bound and listening (connects queue in the backlog
+    // until the device thread accepts): ready.
+    vhost_tap::notify::ready(servers.len());
 
     loop {
         match wait_signal(&sigs) {
@@ -267,6 +270,7 @@ fn run(cli: &Cli) -> Result<(), StartError> {
             }
             sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
                 info!("signal {}: shutting down", signal_name(sig));
+                vhost_tap::notify::stopping();
                 break;
             }
             sig => warn!(

@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::backend::NetBackend;
 use crate::counters::ReportEvent;
 use crate::device::Device;
+use crate::notify;
 use crate::relay;
 
 /// Why a device cannot listen, or why one connection ended in error (the
@@ -246,9 +247,11 @@ impl DeviceServer {
             let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
             info!("{}: frontend connected (connection {n})", self.name());
             self.device.decide_mode_again();
+            notify::frontend_connected();
             if let Err(e) = self.serve_connection(front, n) {
                 error!("{}: connection {n}: {e}", self.name());
             }
+            notify::frontend_gone();
             self.device.log_report(
                 ReportEvent::Disconnect,
                 &format!(
