@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::settings::{DeviceSettings, FqSettings, Mode};
+use crate::socket::{self, SocketAccess};
 
 /// Defaults, named.
 pub const DEFAULT_QUEUES: usize = 1;
@@ -31,6 +32,8 @@ const MIN_FQ_MEMORY_LIMIT: i64 = 65536;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
     pub socket: PathBuf,
+    /// Owner, group and mode of the socket file.
+    pub socket_access: SocketAccess,
     /// The device as the backend runs it: `name` is the TAP's name, `mode`
     /// the mode asked for (`Auto` is resolved when the TAP is open).
     pub device: DeviceSettings,
@@ -83,6 +86,9 @@ pub struct RawDevice {
     pub fq_memory_limit: Option<Spanned<i64>>,
     pub fq_ecn: Option<Spanned<bool>>,
     pub iff_backpressure: Option<Spanned<bool>>,
+    pub socket_owner: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
+    pub socket_mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +150,17 @@ impl Origin<'_> {
             ));
         }
         T::try_from(n).map_err(|_| self.err(Some(v.span()), key, format!("{n} is out of range")))
+    }
+}
+
+/// A socket mode: octal digits, at most 0777 (`"0660"`, `"660"`).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!(
+            "\"{s}\" is not a file mode (octal, at most 0777, e.g. \"0660\")"
+        )),
     }
 }
 
@@ -257,8 +274,31 @@ impl RawDevice {
             )?,
             ecn: self.fq_ecn.as_ref().is_none_or(|v| *v.get_ref()),
         };
+        let socket_access = SocketAccess {
+            owner: match &self.socket_owner {
+                Some(v) => Some(
+                    socket::user_id(v.get_ref())
+                        .map_err(|e| o.err(Some(v.span()), "socket_owner", e))?,
+                ),
+                None => None,
+            },
+            group: match &self.socket_group {
+                Some(v) => Some(
+                    socket::group_id(v.get_ref())
+                        .map_err(|e| o.err(Some(v.span()), "socket_group", e))?,
+                ),
+                None => None,
+            },
+            mode: match &self.socket_mode {
+                Some(v) => Some(
+                    parse_mode(v.get_ref()).map_err(|e| o.err(Some(v.span()), "socket_mode", e))?,
+                ),
+                None => None,
+            },
+        };
         Ok(DeviceConfig {
             socket: socket.get_ref().clone(),
+            socket_access,
             device: DeviceSettings {
                 name: name.clone(),
                 queue_pairs: queues,
@@ -452,6 +492,35 @@ mod tests {
         assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("mode")));
         let e = parse("[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nfq_flows = 0\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("fq_flows")));
+    }
+
+    #[test]
+    fn socket_access_is_checked_with_its_key() {
+        let d = parse(
+            "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nsocket_owner = \"0\"\nsocket_group = \"root\"\nsocket_mode = \"0660\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            d[0].socket_access,
+            SocketAccess {
+                owner: Some(0),
+                group: Some(0),
+                mode: Some(0o660)
+            }
+        );
+        for (line, want) in [
+            ("socket_mode = \"0999\"", "is not a file mode"),
+            ("socket_mode = \"01777\"", "is not a file mode"),
+            ("socket_owner = \"no-such-user-vt\"", "no user"),
+            ("socket_group = \"no-such-group-vt\"", "no group"),
+        ] {
+            let e = parse(&format!(
+                "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\n{line}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.line, Some(4), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 
     #[test]

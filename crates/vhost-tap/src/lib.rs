@@ -42,3 +42,4 @@ pub mod qdisc;
 pub mod relay;
 pub mod server;
 pub mod settings;
+pub mod socket;

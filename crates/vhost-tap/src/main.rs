@@ -63,6 +63,15 @@ struct Cli {
     /// `false` keeps the tun driver's tail drops, as a baseline to compare with.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     iff_backpressure: bool,
+    /// Owner of the socket file (user name or uid; default: the daemon's user).
+    #[arg(long, value_name = "USER")]
+    socket_owner: Option<String>,
+    /// Group of the socket file (group name or gid), e.g. the group QEMU runs in.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Mode of the socket file, octal (e.g. 0660; default: 0777 minus the umask).
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<String>,
     /// TOML file with one or more [[device]] tables (see docs/config.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -128,6 +137,9 @@ fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, StartError> {
         fq_memory_limit: s(cli.fq_memory_limit),
         fq_ecn: s(cli.fq_ecn),
         iff_backpressure: s(cli.iff_backpressure),
+        socket_owner: cli.socket_owner.clone().and_then(s),
+        socket_group: cli.socket_group.clone().and_then(s),
+        socket_mode: cli.socket_mode.clone().and_then(s),
     };
     Ok(vec![raw.check_cli()?])
 }
@@ -303,12 +315,18 @@ fn start_servers(
     let mut threads = Vec::new();
     let mut start = |d: &DeviceConfig| -> Result<(), StartError> {
         let device = Arc::new(open_device(d)?);
-        let s = DeviceServer::new(device, d.socket.clone(), stop.clone(), dir.to_path_buf())
-            .map(Arc::new)
-            .map_err(|source| StartError::Server {
-                tap: d.device.name.clone(),
-                source,
-            })?;
+        let s = DeviceServer::new(
+            device,
+            d.socket.clone(),
+            &d.socket_access,
+            stop.clone(),
+            dir.to_path_buf(),
+        )
+        .map(Arc::new)
+        .map_err(|source| StartError::Server {
+            tap: d.device.name.clone(),
+            source,
+        })?;
         let runner = s.clone();
         let t = thread::Builder::new()
             .name(format!("dev-{}", d.device.name))

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use crate::counters::ReportEvent;
 use crate::device::Device;
 use crate::notify;
 use crate::relay;
+use crate::socket::{self, SocketAccess};
 
 /// Why a device cannot listen, or why one connection ended in error (the
 /// device then listens again).
@@ -78,35 +79,6 @@ pub struct DeviceServer {
     connections: AtomicU64,
 }
 
-/// Bind `path`, replacing a stale socket but never a live one, and never
-/// anything that is not a socket.
-fn bind(path: &Path) -> io::Result<UnixListener> {
-    match UnixListener::bind(path) {
-        Ok(l) => Ok(l),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            let meta = std::fs::symlink_metadata(path)?;
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{} exists and is not a socket; left alone (remove it or choose another path)",
-                        path.display()
-                    ),
-                ));
-            }
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} is served by another process", path.display()),
-                ));
-            }
-            std::fs::remove_file(path)?;
-            UnixListener::bind(path)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// The directory for the relay's inner sockets: mode 0700, ours alone.
 pub fn private_dir() -> io::Result<PathBuf> {
     remove_stale_private_dirs(&std::env::temp_dir());
@@ -148,10 +120,11 @@ impl DeviceServer {
     pub fn new(
         device: Arc<Device>,
         socket: PathBuf,
+        access: &SocketAccess,
         stop: Arc<Stop>,
         private_dir: PathBuf,
     ) -> Result<DeviceServer, ServerError> {
-        let listener = bind(&socket).map_err(|source| ServerError::Listen {
+        let listener = socket::bind(&socket, access).map_err(|source| ServerError::Listen {
             path: socket.clone(),
             source,
         })?;

@@ -119,3 +119,92 @@ fn the_unit_file_verifies() {
         "systemd-analyze verify: {said}"
     );
 }
+
+/// Whether a process running as `nobody` (uid/gid 65534) with the
+/// supplementary groups `groups` can connect to `socket`.
+fn nobody_connects(socket: &std::path::Path, groups: &str) -> bool {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534"])
+        .arg(if groups.is_empty() {
+            "--clear-groups".to_string()
+        } else {
+            format!("--groups={groups}")
+        })
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+        ])
+        .arg(socket)
+        .output()
+        .expect("setpriv runs");
+    out.status.success()
+}
+
+/// `--socket-group G --socket-mode 0660`: from the first moment the socket
+/// exists it has that group and mode (a watcher polls the path from before
+/// the daemon starts), an unprivileged process reaches it only through the
+/// group, and the daemon serves it as a frontend.
+#[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
+fn socket_appears_with_its_group_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const GID: u32 = 4242;
+    let dir = TempDir::new("p");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.join("vm.sock");
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (socket, done) = (socket.clone(), done.clone());
+        std::thread::spawn(move || {
+            // Stop at the first sighting: (gid, mode) as it first appeared.
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(m) = std::fs::symlink_metadata(&socket) {
+                    return Some((m.gid(), m.mode() & 0o7777));
+                }
+                std::hint::spin_loop();
+            }
+            None
+        })
+    };
+    let tap = unique_name("vtp");
+    let _tap_guard = TapGuard(tap.clone());
+    let log = dir.join("daemon.log");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--socket", socket.to_str().unwrap(), "--tap", &tap])
+        .args(["--socket-group", &GID.to_string(), "--socket-mode", "0660"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut daemon = Process::spawn(cmd, "vhost-tap");
+    let first = watcher.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    assert_eq!(
+        first,
+        Some((GID, 0o660)),
+        "the socket's (gid, mode) when it first appeared"
+    );
+
+    assert!(
+        !nobody_connects(&socket, ""),
+        "nobody without the group connected"
+    );
+    assert!(
+        nobody_connects(&socket, &GID.to_string()),
+        "nobody with the group was refused"
+    );
+    let served = testkit::wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("frontend connected (connection 1)"))
+    });
+    assert!(
+        served.is_some(),
+        "the daemon did not serve the group member"
+    );
+    assert!(daemon
+        .stop(Duration::from_secs(5))
+        .is_some_and(|s| s.success()));
+}
