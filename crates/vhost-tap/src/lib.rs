@@ -33,6 +33,7 @@
 pub mod backend;
 pub mod config;
 pub mod counters;
+pub mod daemon;
 pub mod datapath;
 pub mod device;
 pub mod guest;

@@ -1,9 +1,8 @@
 //! `vhost-tap`: the daemon binary. Command line, logging, signals.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::thread;
+use std::time::Duration;
 
 use clap::Parser;
 use log::{error, info, warn};
@@ -11,9 +10,7 @@ use toml::Spanned;
 
 use vhost_tap::config::{self, DeviceConfig, RawDevice};
 use vhost_tap::counters::ReportEvent;
-use vhost_tap::device::Device;
-use vhost_tap::server::{self, DeviceServer, Stop};
-use vhost_tap::settings::Mode;
+use vhost_tap::daemon::{Devices, StartError};
 
 /// A vhost-user-net backend bridging guests to host TAP devices, with
 /// backpressure instead of tail drops.
@@ -75,41 +72,6 @@ struct Cli {
     /// TOML file with one or more [[device]] tables (see docs/config.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-}
-
-/// Why the daemon could not start. Exit status 2 for a usage or
-/// configuration error, 1 for the rest.
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    #[error("give --socket PATH and --tap NAME, or --config FILE")]
-    Usage,
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error("cannot create the private socket directory: {0}")]
-    PrivateDir(std::io::Error),
-    #[error("{source}")]
-    Tap { tap: String, source: tap::Error },
-    #[error("{tap}: {source}")]
-    Device {
-        tap: String,
-        source: vhost_tap::device::DeviceError,
-    },
-    #[error("{tap}: {source}")]
-    Server {
-        tap: String,
-        source: server::ServerError,
-    },
-    #[error("{tap}: cannot start the device's thread: {source}")]
-    Thread { tap: String, source: std::io::Error },
-}
-
-impl StartError {
-    fn exit_code(&self) -> ExitCode {
-        match self {
-            StartError::Usage | StartError::Config(_) => ExitCode::from(2),
-            _ => ExitCode::FAILURE,
-        }
-    }
 }
 
 fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, StartError> {
@@ -185,60 +147,31 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-fn wait_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: `set` is a valid, initialised sigset_t and `sig` a valid out pointer.
-    let r = unsafe { libc::sigwait(set, &mut sig) };
-    if r != 0 {
-        return libc::SIGTERM;
-    }
-    sig
-}
-
-fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
-    let dev = &d.device;
-    let cfg = tap::TapConfig {
-        name: dev.name.clone(),
-        queues: dev.queue_pairs,
-        vnet_hdr_size: vhost_tap::datapath::vnet::HDR_LEN as i32,
-        backpressure: if dev.mode == Mode::FqCodel || !d.iff_backpressure {
-            tap::BackpressureRequest::Off
-        } else {
-            tap::BackpressureRequest::IfAvailable
-        },
-        txqueuelen: d.txqueuelen,
-        mtu: Some(u32::from(dev.mtu)),
-        persist: None,
-    };
-    let t = tap::Tap::open(&cfg).map_err(|source| StartError::Tap {
-        tap: dev.name.clone(),
-        source,
-    })?;
-    if t.created() {
-        // A TAP created anew at every start keeps one host-side MAC (fe:54:00
-        // + a hash of its name, like the guest's default), so the host's and
-        // the guest's neighbour caches stay valid across daemon restarts.
-        let g = config::default_mac(&dev.name);
-        let mac = [0xfe, 0x54, 0x00, g[3], g[4], g[5]];
-        if let Err(e) = t.set_mac(mac) {
-            warn!("{}: {e}; the TAP keeps a random MAC", dev.name);
+/// The next blocked signal of `set`, or `None` after `timeout`.
+fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
+    loop {
+        let r = match timeout {
+            Some(t) => {
+                let ts = libc::timespec {
+                    tv_sec: t.as_secs() as libc::time_t,
+                    tv_nsec: t.subsec_nanos().into(),
+                };
+                // SAFETY: `set` and `ts` are valid for the call; no siginfo is asked for.
+                unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) }
+            }
+            // SAFETY: as above, without a timeout.
+            None => unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) },
+        };
+        if r >= 0 {
+            return Some(r);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => return None,
+            Some(libc::EINTR) => continue,
+            // Cannot happen with a valid set; shutting down is the safe answer.
+            _ => return Some(libc::SIGTERM),
         }
     }
-    let (created, queues) = (t.created(), t.queue_count());
-    let device = Device::new(dev.clone(), t).map_err(|source| StartError::Device {
-        tap: dev.name.clone(),
-        source,
-    })?;
-    let m = device.mode();
-    info!(
-        "{}: TAP {} {} ({queues} queue(s)); mode {} ({})",
-        dev.name,
-        device.tap.name(),
-        if created { "created" } else { "attached" },
-        m.mode.name(),
-        m.reason,
-    );
-    Ok(device)
 }
 
 fn main() -> ExitCode {
@@ -250,111 +183,67 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
-            e.exit_code()
+            // 2: a usage or configuration error; 1: the host refused (TAP, socket, thread).
+            if e.is_config() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-/// Open every device, serve them until SIGTERM/SIGINT, shut down cleanly.
+/// Open every device, serve them until SIGTERM/SIGINT/SIGQUIT, reload the
+/// configuration file on SIGHUP, shut down cleanly.
 fn run(cli: &Cli) -> Result<(), StartError> {
     let devs = devices(cli)?;
     let sigs = block_signals();
-    let stop = Stop::new();
-    let dir = server::private_dir().map_err(StartError::PrivateDir)?;
-    let started = start_servers(&devs, &stop, &dir);
-    let (servers, threads) = match started {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
+    let mut all = Devices::start(&devs)?;
     // Every socket is bound and listening (connects queue in the backlog
     // until the device thread accepts): ready.
-    vhost_tap::notify::ready(servers.len());
+    vhost_tap::notify::ready(all.len());
 
     loop {
-        match wait_signal(&sigs) {
-            libc::SIGUSR1 => {
-                for s in &servers {
-                    s.device.log_report(ReportEvent::Signal, "counters");
-                }
-            }
+        // While a change waits for a frontend to leave, look twice a second.
+        let timeout = all.has_pending().then(|| Duration::from_millis(500));
+        let Some(sig) = wait_signal(&sigs, timeout) else {
+            all.apply_pending();
+            continue;
+        };
+        match sig {
+            libc::SIGUSR1 => all.log_reports(ReportEvent::Signal, "counters"),
+            libc::SIGHUP => reload(cli, &mut all),
             sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
                 info!("signal {}: shutting down", signal_name(sig));
                 vhost_tap::notify::stopping();
                 break;
             }
             sig => warn!(
-                "signal {}: ignored (SIGUSR1 prints the counters, SIGTERM/SIGINT/SIGQUIT shut down)",
+                "signal {}: ignored (SIGUSR1 prints the counters, SIGHUP reloads --config, SIGTERM/SIGINT/SIGQUIT shut down)",
                 signal_name(sig)
             ),
         }
+        all.apply_pending();
     }
-    stop_servers(&stop, &servers, threads);
-    for s in servers {
-        for i in 0..s.device.pairs.len() {
-            s.device.pair(i).drop_ring_at_shutdown();
-        }
-        s.device.log_report(ReportEvent::Exit, "final counters");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    all.shutdown();
     Ok(())
 }
 
-type Servers = (Vec<Arc<DeviceServer>>, Vec<thread::JoinHandle<()>>);
-
-/// Open every device and start its server thread; on failure, stop those
-/// already started.
-fn start_servers(
-    devs: &[DeviceConfig],
-    stop: &Arc<Stop>,
-    dir: &Path,
-) -> Result<Servers, StartError> {
-    let mut servers = Vec::new();
-    let mut threads = Vec::new();
-    let mut start = |d: &DeviceConfig| -> Result<(), StartError> {
-        let device = Arc::new(open_device(d)?);
-        let s = DeviceServer::new(
-            device,
-            d.socket.clone(),
-            &d.socket_access,
-            stop.clone(),
-            dir.to_path_buf(),
-        )
-        .map(Arc::new)
-        .map_err(|source| StartError::Server {
-            tap: d.device.name.clone(),
-            source,
-        })?;
-        let runner = s.clone();
-        let t = thread::Builder::new()
-            .name(format!("dev-{}", d.device.name))
-            .spawn(move || runner.run())
-            .map_err(|source| StartError::Thread {
-                tap: d.device.name.clone(),
-                source,
-            })?;
-        servers.push(s);
-        threads.push(t);
-        Ok(())
+/// SIGHUP: read the configuration file again and change the running set
+/// to it; a file that does not parse or check leaves everything as it is.
+fn reload(cli: &Cli, all: &mut Devices) {
+    let Some(path) = &cli.config else {
+        warn!("signal SIGHUP: nothing to reload (the devices come from the command line, not --config)");
+        return;
     };
-    for d in devs {
-        if let Err(e) = start(d) {
-            stop_servers(stop, &servers, threads);
-            return Err(e);
+    vhost_tap::notify::reloading();
+    match config::load_file(path) {
+        Ok(devs) => {
+            info!("signal SIGHUP: reloading {}", path.display());
+            all.reload(&devs);
+            info!("reload of {} done: {} device(s)", path.display(), all.len());
         }
+        Err(e) => error!("signal SIGHUP: {e}; the running devices are left as they are"),
     }
-    Ok((servers, threads))
-}
-
-/// Ask every server to stop, cut their connections, wait for their threads.
-fn stop_servers(stop: &Stop, servers: &[Arc<DeviceServer>], threads: Vec<thread::JoinHandle<()>>) {
-    stop.request();
-    for s in servers {
-        s.interrupt();
-    }
-    for t in threads {
-        let _ = t.join();
-    }
+    vhost_tap::notify::ready(all.len());
 }

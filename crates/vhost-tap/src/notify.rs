@@ -4,7 +4,8 @@
 //! `STOPPING=1` at shutdown.
 //!
 //! The counts are process-wide: the daemon has one set of devices, and the
-//! device threads report to the same service manager.
+//! device threads report to the same service manager. `RELOADING=1` then
+//! `READY=1` frame a reload (SIGHUP).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -50,6 +51,15 @@ pub fn frontend_gone() {
         Some(n.saturating_sub(1))
     });
     send(&[NotifyState::Status(&status())]);
+}
+
+/// The daemon reloads its configuration (SIGHUP); `ready` follows.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        // systemd 253+ wants the monotonic time with RELOADING=1.
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(e) => warn!("service manager notification: no monotonic time: {e}"),
+    }
 }
 
 /// The daemon is shutting down.

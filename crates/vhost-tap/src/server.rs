@@ -46,7 +46,8 @@ pub enum ServerError {
     Relay(#[from] relay::RelayError),
 }
 
-/// Stops every device server: set, then each server's eventfd is written.
+/// Stops one device server: set, then the server's eventfd is written
+/// ([`DeviceServer::interrupt`]).
 pub struct Stop {
     requested: AtomicBool,
 }
@@ -77,6 +78,11 @@ pub struct DeviceServer {
     /// Where the relay meets the dispatcher: a private directory of ours.
     private_dir: PathBuf,
     connections: AtomicU64,
+    /// End the accept loop after the current connection (a changed
+    /// configuration waits for the frontend to leave).
+    leave: AtomicBool,
+    /// A frontend was accepted and is being served.
+    serving: AtomicBool,
 }
 
 /// The directory for the relay's inner sockets: mode 0700, ours alone.
@@ -137,6 +143,8 @@ impl DeviceServer {
             active: Mutex::new(None),
             private_dir,
             connections: AtomicU64::new(0),
+            leave: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
         })
     }
 
@@ -155,6 +163,23 @@ impl DeviceServer {
         {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Whether a frontend is being served now. Call after
+    /// [`DeviceServer::leave_after_connection`]: SeqCst, the load half of
+    /// the store-buffering pair with `run`'s store of `serving` then load
+    /// of `leave` — at least one side sees the other's store, so a frontend
+    /// is never both unseen here and served past the change. (One accepted
+    /// in the very window is cut by the restart's stop, like any frontend
+    /// at a stop.)
+    pub fn connected(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Serve the current frontend to its end, then stop listening.
+    pub fn leave_after_connection(&self) {
+        // SeqCst: pairs with the load of `leave` in `run` (see `connected`).
+        self.leave.store(true, Ordering::SeqCst);
     }
 
     /// Wait for a frontend or a stop; `None` on stop.
@@ -219,19 +244,33 @@ impl DeviceServer {
             };
             let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
             info!("{}: frontend connected (connection {n})", self.name());
+            // SeqCst: pairs with the load in `connected` (see there).
+            self.serving.store(true, Ordering::SeqCst);
             self.device.decide_mode_again();
             notify::frontend_connected();
             if let Err(e) = self.serve_connection(front, n) {
                 error!("{}: connection {n}: {e}", self.name());
             }
             notify::frontend_gone();
+            // SeqCst: the other half of the pair with `leave_after_connection`.
+            let leave = self.leave.load(Ordering::SeqCst);
             self.device.log_report(
                 ReportEvent::Disconnect,
                 &format!(
-                    "{}: frontend gone (connection {n}); listening again",
-                    self.name()
+                    "{}: frontend gone (connection {n}); {}",
+                    self.name(),
+                    if leave {
+                        "the changed configuration applies now"
+                    } else {
+                        "listening again"
+                    }
                 ),
             );
+            // SeqCst, as the store above.
+            self.serving.store(false, Ordering::SeqCst);
+            if leave {
+                break;
+            }
         }
         let _ = std::fs::remove_file(&self.socket);
     }

@@ -1,0 +1,326 @@
+//! The set of devices one daemon serves: open and start them all, change
+//! the set to a reloaded configuration (SIGHUP), shut them down.
+//!
+//! Each device runs in its own server thread ([`crate::server`]) with its
+//! own [`Stop`], so that one device can be stopped, restarted or added
+//! while the others keep their traffic. A device is known by its TAP name:
+//! at a reload, a name that is gone is stopped, a new name is started, and
+//! a name whose settings changed is restarted — at once when no frontend
+//! is connected, otherwise after its frontend leaves (the change waits, and
+//! says so in the log).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use log::{error, info, warn};
+
+use crate::config::{self, DeviceConfig};
+use crate::counters::ReportEvent;
+use crate::device::{Device, DeviceError};
+use crate::server::{self, DeviceServer, ServerError, Stop};
+use crate::settings::Mode;
+
+/// Why the daemon, or one device, could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("give --socket PATH and --tap NAME, or --config FILE")]
+    Usage,
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot create the private socket directory: {0}")]
+    PrivateDir(std::io::Error),
+    #[error("{source}")]
+    Tap { tap: String, source: tap::Error },
+    #[error("{tap}: {source}")]
+    Device { tap: String, source: DeviceError },
+    #[error("{tap}: {source}")]
+    Server { tap: String, source: ServerError },
+    #[error("{tap}: cannot start the device's thread: {source}")]
+    Thread { tap: String, source: std::io::Error },
+}
+
+impl StartError {
+    /// A usage or configuration error (exit status 2), not a failure to
+    /// set up the host (exit status 1).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Usage | StartError::Config(_))
+    }
+}
+
+/// Open (create or attach) a device's TAP and set the device up.
+pub fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
+    let dev = &d.device;
+    let cfg = tap::TapConfig {
+        name: dev.name.clone(),
+        queues: dev.queue_pairs,
+        vnet_hdr_size: crate::datapath::vnet::HDR_LEN as i32,
+        backpressure: if dev.mode == Mode::FqCodel || !d.iff_backpressure {
+            tap::BackpressureRequest::Off
+        } else {
+            tap::BackpressureRequest::IfAvailable
+        },
+        txqueuelen: d.txqueuelen,
+        mtu: Some(u32::from(dev.mtu)),
+        persist: None,
+    };
+    let t = tap::Tap::open(&cfg).map_err(|source| StartError::Tap {
+        tap: dev.name.clone(),
+        source,
+    })?;
+    if t.created() {
+        // A TAP created anew at every start keeps one host-side MAC (fe:54:00
+        // + a hash of its name, like the guest's default), so the host's and
+        // the guest's neighbour caches stay valid across daemon restarts.
+        let g = config::default_mac(&dev.name);
+        let mac = [0xfe, 0x54, 0x00, g[3], g[4], g[5]];
+        if let Err(e) = t.set_mac(mac) {
+            warn!("{}: {e}; the TAP keeps a random MAC", dev.name);
+        }
+    }
+    let (created, queues) = (t.created(), t.queue_count());
+    let device = Device::new(dev.clone(), t).map_err(|source| StartError::Device {
+        tap: dev.name.clone(),
+        source,
+    })?;
+    let m = device.mode();
+    info!(
+        "{}: TAP {} {} ({queues} queue(s)); mode {} ({})",
+        dev.name,
+        device.tap.name(),
+        if created { "created" } else { "attached" },
+        m.mode.name(),
+        m.reason,
+    );
+    Ok(device)
+}
+
+/// One device being served.
+struct Running {
+    config: DeviceConfig,
+    server: Arc<DeviceServer>,
+    stop: Arc<Stop>,
+    thread: thread::JoinHandle<()>,
+    /// A changed configuration waiting for the frontend to leave.
+    pending: Option<DeviceConfig>,
+}
+
+impl Running {
+    fn name(&self) -> &str {
+        &self.config.device.name
+    }
+
+    /// Stop the server (cutting a connected frontend), wait for its
+    /// thread, and count what its rings still held. Dropping the server
+    /// then closes the TAP (a created one disappears).
+    fn stop(self, event: ReportEvent, title: &str) {
+        self.stop.request();
+        self.server.interrupt();
+        let _ = self.thread.join();
+        let device = &self.server.device;
+        for i in 0..device.pairs.len() {
+            device.pair(i).drop_ring_at_shutdown();
+        }
+        device.log_report(event, title);
+    }
+}
+
+/// Start one device: open it, bind its socket, start its thread.
+fn start(d: &DeviceConfig, dir: &Path) -> Result<Running, StartError> {
+    let device = Arc::new(open_device(d)?);
+    let stop = Stop::new();
+    let server = DeviceServer::new(
+        device,
+        d.socket.clone(),
+        &d.socket_access,
+        stop.clone(),
+        dir.to_path_buf(),
+    )
+    .map(Arc::new)
+    .map_err(|source| StartError::Server {
+        tap: d.device.name.clone(),
+        source,
+    })?;
+    let runner = server.clone();
+    let thread = thread::Builder::new()
+        .name(format!("dev-{}", d.device.name))
+        .spawn(move || runner.run())
+        .map_err(|source| StartError::Thread {
+            tap: d.device.name.clone(),
+            source,
+        })?;
+    Ok(Running {
+        config: d.clone(),
+        server,
+        stop,
+        thread,
+        pending: None,
+    })
+}
+
+/// Every device the daemon serves.
+pub struct Devices {
+    running: Vec<Running>,
+    /// The private directory of the relays' inner sockets.
+    dir: PathBuf,
+}
+
+impl Devices {
+    /// Start every device; if one fails, stop those already started and
+    /// return its error.
+    pub fn start(devs: &[DeviceConfig]) -> Result<Devices, StartError> {
+        let dir = server::private_dir().map_err(StartError::PrivateDir)?;
+        let mut all = Devices {
+            running: Vec::new(),
+            dir,
+        };
+        for d in devs {
+            match start(d, &all.dir) {
+                Ok(r) => all.running.push(r),
+                Err(e) => {
+                    all.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Log every device's counters.
+    pub fn log_reports(&self, event: ReportEvent, title: &str) {
+        for r in &self.running {
+            r.server.device.log_report(event, title);
+        }
+    }
+
+    /// Change the running set to `new` (a configuration that parsed and
+    /// passed its checks). Devices that fail to start are logged and left
+    /// out; the others keep serving.
+    pub fn reload(&mut self, new: &[DeviceConfig]) {
+        let (mut kept, mut removed) = (Vec::new(), Vec::new());
+        for r in self.running.drain(..) {
+            match new.iter().find(|d| d.device.name == r.config.device.name) {
+                Some(_) => kept.push(r),
+                None => removed.push(r),
+            }
+        }
+        // Removed first: a new device may take a removed one's socket.
+        for r in removed {
+            let name = r.name().to_string();
+            r.stop(
+                ReportEvent::Exit,
+                &format!("{name}: removed by the reload; final counters"),
+            );
+        }
+        let mut restart = Vec::new();
+        for mut r in kept {
+            let Some(d) = new.iter().find(|d| d.device.name == r.config.device.name) else {
+                continue;
+            };
+            if *d == r.config {
+                // Unchanged; a change that was waiting is dropped.
+                r.pending = None;
+                self.running.push(r);
+                continue;
+            }
+            // Set before looking at the connection: a frontend that leaves
+            // in between then ends the server thread, which `apply_pending`
+            // sees; one that stays keeps it until it leaves.
+            r.server.leave_after_connection();
+            if r.server.connected() {
+                info!(
+                    "{}: configuration changed; the change applies when the connected frontend leaves",
+                    r.name()
+                );
+                r.pending = Some(d.clone());
+                self.running.push(r);
+            } else {
+                restart.push((r, d.clone()));
+            }
+        }
+        for (r, d) in restart {
+            self.restart(r, d);
+        }
+        for d in new {
+            if self
+                .running
+                .iter()
+                .any(|r| r.config.device.name == d.device.name)
+            {
+                continue;
+            }
+            match start(d, &self.dir) {
+                Ok(r) => {
+                    info!("{}: added by the reload", d.device.name);
+                    self.running.push(r);
+                }
+                Err(e) => error!("{}: not started: {e}", d.device.name),
+            }
+        }
+    }
+
+    /// Restart `r` with `d`; if `d` cannot start, go back to `r`'s configuration.
+    fn restart(&mut self, r: Running, d: DeviceConfig) {
+        let old = r.config.clone();
+        let name = old.device.name.clone();
+        r.stop(
+            ReportEvent::Exit,
+            &format!("{name}: restarting with the changed configuration; counters"),
+        );
+        match start(&d, &self.dir) {
+            Ok(n) => {
+                info!("{name}: restarted with the changed configuration");
+                self.running.push(n);
+            }
+            Err(e) => {
+                error!("{name}: the changed configuration does not start: {e}; back to the previous one");
+                match start(&old, &self.dir) {
+                    Ok(n) => self.running.push(n),
+                    Err(e) => error!("{name}: the previous configuration does not start either: {e}; the device is stopped"),
+                }
+            }
+        }
+    }
+
+    /// Whether a change waits for a frontend to leave.
+    pub fn has_pending(&self) -> bool {
+        self.running.iter().any(|r| r.pending.is_some())
+    }
+
+    /// Apply the waiting changes of devices whose frontend has left (their
+    /// server thread ended after the connection).
+    pub fn apply_pending(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let r = &self.running[i];
+            if r.pending.is_none() || !r.thread.is_finished() {
+                i += 1;
+                continue;
+            }
+            let mut r = self.running.remove(i);
+            if let Some(d) = r.pending.take() {
+                self.restart(r, d);
+            }
+        }
+    }
+
+    /// Stop every device and remove the private directory.
+    pub fn shutdown(mut self) {
+        for r in &self.running {
+            r.stop.request();
+            r.server.interrupt();
+        }
+        for r in self.running.drain(..) {
+            r.stop(ReportEvent::Exit, "final counters");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
