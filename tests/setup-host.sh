@@ -45,9 +45,14 @@ check iperf3 iperf3
 check ping iputils-ping
 check cpio cpio
 check /bin/busybox busybox-static
+# The metrics tests: promtool checks a scrape, a real Prometheus scrapes the
+# daemon (started by the test on a private port; see below for the service).
+check promtool prometheus
+check systemd-analyze systemd
+check setpriv util-linux
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "setup-host: all packages present (qemu-system-x86_64 $qv, dpdk-testpmd, trafgen, ip, ethtool, iperf3, ping, cpio, busybox)"
+    echo "setup-host: all packages present (qemu-system-x86_64 $qv, dpdk-testpmd, trafgen, ip, ethtool, iperf3, ping, cpio, busybox, prometheus, systemd-analyze, setpriv)"
     exit 0
 fi
 
@@ -95,6 +100,25 @@ for p in "${need[@]}"; do
 done
 if [ ${#rest[@]} -gt 0 ]; then
     step="installing ${rest[*]} (apt-get install)"
-    apt-get install -y -q "${rest[@]}"
+    # Debian's prometheus package starts (and enables) a server on port
+    # 9090 when installed; the tests run their own. A policy-rc.d that says
+    # 101 keeps it from starting now; it stays disabled.
+    policy=""
+    if [[ " ${rest[*]} " == *" prometheus "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 0755 "$policy"
+    fi
+    if ! apt-get install -y -q "${rest[@]}"; then
+        [ -z "$policy" ] || rm -f "$policy"
+        echo "setup-host: failed while $step" >&2
+        exit 1
+    fi
+    if [ -n "$policy" ]; then
+        rm -f "$policy"
+        if command -v deb-systemd-helper >/dev/null; then
+            deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+        fi
+    fi
 fi
 echo "setup-host: installed ${need[*]}"

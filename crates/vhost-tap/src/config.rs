@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::metrics::MetricsAddr;
 use crate::settings::{DeviceSettings, FqSettings, Mode};
 use crate::socket::{self, SocketAccess};
 
@@ -94,7 +95,16 @@ pub struct RawDevice {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    metrics: Option<Spanned<String>>,
     device: Vec<Spanned<RawDevice>>,
+}
+
+/// A checked configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where to serve Prometheus metrics (top-level key `metrics`).
+    pub metrics: Option<MetricsAddr>,
+    pub devices: Vec<DeviceConfig>,
 }
 
 /// Where a value came from, to locate errors.
@@ -325,7 +335,7 @@ impl RawDevice {
 }
 
 /// Parse and check a configuration file's text.
-pub fn parse_file(path: &Path, text: &str) -> Result<Vec<DeviceConfig>, ConfigError> {
+pub fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file: FileConfig = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| {
             text[..s.start.min(text.len())]
@@ -381,11 +391,25 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<DeviceConfig>, ConfigEr
         }
         out.push(dev);
     }
-    Ok(out)
+    let metrics = match &file.metrics {
+        Some(m) => Some(MetricsAddr::parse(m.get_ref()).map_err(|e| {
+            Origin {
+                file: Some(path),
+                text,
+                table: None,
+            }
+            .err(Some(m.span()), "metrics", e)
+        })?),
+        None => None,
+    };
+    Ok(Config {
+        metrics,
+        devices: out,
+    })
 }
 
 /// Read, parse and check a configuration file.
-pub fn load_file(path: &Path) -> Result<Vec<DeviceConfig>, ConfigError> {
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: Some(path.to_path_buf()),
         line: None,
@@ -400,7 +424,27 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<DeviceConfig>, ConfigError> {
-        parse_file(Path::new("/etc/vt.toml"), text)
+        parse_file(Path::new("/etc/vt.toml"), text).map(|c| c.devices)
+    }
+
+    #[test]
+    fn metrics_address_is_checked_with_its_line() {
+        let dev = "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\n";
+        let c = parse_file(
+            Path::new("/x.toml"),
+            &format!("metrics = \"127.0.0.1:9101\"\n{dev}"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics,
+            Some(MetricsAddr::Tcp("127.0.0.1:9101".parse().unwrap()))
+        );
+        let e = parse_file(
+            Path::new("/x.toml"),
+            &format!("metrics = \"nowhere\"\n{dev}"),
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("metrics")));
     }
 
     #[test]
@@ -462,7 +506,9 @@ mod tests {
     #[test]
     fn the_shipped_example_is_valid() {
         let text = include_str!("../../../examples/vhost-tap.toml");
-        let d = parse_file(Path::new("examples/vhost-tap.toml"), text).unwrap();
+        let d = parse_file(Path::new("examples/vhost-tap.toml"), text)
+            .unwrap()
+            .devices;
         assert_eq!(d.len(), 2);
         assert_eq!(d[1].device.queue_pairs, 2);
         assert_eq!(d[1].device.mode, Mode::Auto);

@@ -18,6 +18,7 @@ use log::{error, info, warn};
 use crate::config::{self, DeviceConfig};
 use crate::counters::ReportEvent;
 use crate::device::{Device, DeviceError};
+use crate::metrics::Exporter;
 use crate::server::{self, DeviceServer, ServerError, Stop};
 use crate::settings::Mode;
 
@@ -38,6 +39,11 @@ pub enum StartError {
     Server { tap: String, source: ServerError },
     #[error("{tap}: cannot start the device's thread: {source}")]
     Thread { tap: String, source: std::io::Error },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 impl StartError {
@@ -161,6 +167,8 @@ fn start(d: &DeviceConfig, dir: &Path) -> Result<Running, StartError> {
 /// Every device the daemon serves.
 pub struct Devices {
     running: Vec<Running>,
+    /// What a metrics scrape reads: kept equal to `running` by `publish`.
+    exporter: Arc<Exporter>,
     /// The private directory of the relays' inner sockets.
     dir: PathBuf,
 }
@@ -172,6 +180,7 @@ impl Devices {
         let dir = server::private_dir().map_err(StartError::PrivateDir)?;
         let mut all = Devices {
             running: Vec::new(),
+            exporter: Arc::default(),
             dir,
         };
         for d in devs {
@@ -183,7 +192,19 @@ impl Devices {
                 }
             }
         }
+        all.publish();
         Ok(all)
+    }
+
+    /// The devices as metrics see them.
+    pub fn exporter(&self) -> Arc<Exporter> {
+        self.exporter.clone()
+    }
+
+    /// Tell the metrics which devices run now.
+    fn publish(&self) {
+        self.exporter
+            .set(self.running.iter().map(|r| r.server.clone()).collect());
     }
 
     pub fn len(&self) -> usize {
@@ -265,6 +286,7 @@ impl Devices {
                 Err(e) => error!("{}: not started: {e}", d.device.name),
             }
         }
+        self.publish();
     }
 
     /// Restart `r` with `d`; if `d` cannot start, go back to `r`'s configuration.
@@ -309,11 +331,13 @@ impl Devices {
             if let Some(d) = r.pending.take() {
                 self.restart(r, d);
             }
+            self.publish();
         }
     }
 
     /// Stop every device and remove the private directory.
     pub fn shutdown(mut self) {
+        self.exporter.set(Vec::new());
         for r in &self.running {
             r.stop.request();
             r.server.interrupt();

@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod device;
 pub mod guest;
+pub mod metrics;
 pub mod mode;
 pub mod notify;
 pub mod qdisc;

@@ -8,9 +8,10 @@ use clap::Parser;
 use log::{error, info, warn};
 use toml::Spanned;
 
-use vhost_tap::config::{self, DeviceConfig, RawDevice};
+use vhost_tap::config::{self, Config, DeviceConfig, RawDevice};
 use vhost_tap::counters::ReportEvent;
 use vhost_tap::daemon::{Devices, StartError};
+use vhost_tap::metrics::{MetricsAddr, MetricsServer};
 
 /// A vhost-user-net backend bridging guests to host TAP devices, with
 /// backpressure instead of tail drops.
@@ -69,15 +70,39 @@ struct Cli {
     /// Mode of the socket file, octal (e.g. 0660; default: 0777 minus the umask).
     #[arg(long, value_name = "MODE")]
     socket_mode: Option<String>,
+    /// Serve Prometheus metrics at ADDR (127.0.0.1:9101, [::1]:9101 or
+    /// unix:PATH; GET /metrics). Overrides the config file's `metrics`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// TOML file with one or more [[device]] tables (see docs/config.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
-fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, StartError> {
-    if let Some(path) = &cli.config {
-        return Ok(config::load_file(path)?);
+/// The configuration: the file's, or one device from the command line;
+/// `--metrics` over the file's `metrics`.
+fn configuration(cli: &Cli) -> Result<Config, StartError> {
+    let mut c = match &cli.config {
+        Some(path) => config::load_file(path)?,
+        None => Config {
+            metrics: None,
+            devices: vec![cli_device(cli)?],
+        },
+    };
+    if let Some(m) = &cli.metrics {
+        c.metrics = Some(
+            MetricsAddr::parse(m).map_err(|message| config::ConfigError {
+                file: None,
+                line: None,
+                key: Some("--metrics".into()),
+                message,
+            })?,
+        );
     }
+    Ok(c)
+}
+
+fn cli_device(cli: &Cli) -> Result<DeviceConfig, StartError> {
     let (Some(socket), Some(tap)) = (&cli.socket, &cli.tap) else {
         return Err(StartError::Usage);
     };
@@ -103,7 +128,7 @@ fn devices(cli: &Cli) -> Result<Vec<DeviceConfig>, StartError> {
         socket_group: cli.socket_group.clone().and_then(s),
         socket_mode: cli.socket_mode.clone().and_then(s),
     };
-    Ok(vec![raw.check_cli()?])
+    Ok(raw.check_cli()?)
 }
 
 /// Every signal whose default action would end the daemon without cleanup
@@ -196,9 +221,22 @@ fn main() -> ExitCode {
 /// Open every device, serve them until SIGTERM/SIGINT/SIGQUIT, reload the
 /// configuration file on SIGHUP, shut down cleanly.
 fn run(cli: &Cli) -> Result<(), StartError> {
-    let devs = devices(cli)?;
+    let cfg = configuration(cli)?;
     let sigs = block_signals();
-    let mut all = Devices::start(&devs)?;
+    let mut all = Devices::start(&cfg.devices)?;
+    let metrics = match &cfg.metrics {
+        Some(addr) => match MetricsServer::start(addr, all.exporter()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                all.shutdown();
+                return Err(StartError::Metrics {
+                    addr: addr.to_string(),
+                    source: e,
+                });
+            }
+        },
+        None => None,
+    };
     // Every socket is bound and listening (connects queue in the backlog
     // until the device thread accepts): ready.
     vhost_tap::notify::ready(all.len());
@@ -212,7 +250,7 @@ fn run(cli: &Cli) -> Result<(), StartError> {
         };
         match sig {
             libc::SIGUSR1 => all.log_reports(ReportEvent::Signal, "counters"),
-            libc::SIGHUP => reload(cli, &mut all),
+            libc::SIGHUP => reload(cli, &mut all, &cfg.metrics),
             sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
                 info!("signal {}: shutting down", signal_name(sig));
                 vhost_tap::notify::stopping();
@@ -225,22 +263,28 @@ fn run(cli: &Cli) -> Result<(), StartError> {
         }
         all.apply_pending();
     }
+    if let Some(m) = metrics {
+        m.stop();
+    }
     all.shutdown();
     Ok(())
 }
 
 /// SIGHUP: read the configuration file again and change the running set
 /// to it; a file that does not parse or check leaves everything as it is.
-fn reload(cli: &Cli, all: &mut Devices) {
+fn reload(cli: &Cli, all: &mut Devices, metrics: &Option<MetricsAddr>) {
     let Some(path) = &cli.config else {
         warn!("signal SIGHUP: nothing to reload (the devices come from the command line, not --config)");
         return;
     };
     vhost_tap::notify::reloading();
     match config::load_file(path) {
-        Ok(devs) => {
+        Ok(c) => {
             info!("signal SIGHUP: reloading {}", path.display());
-            all.reload(&devs);
+            if cli.metrics.is_none() && c.metrics != *metrics {
+                warn!("metrics: a changed address applies at the next start, not at a reload");
+            }
+            all.reload(&c.devices);
             info!("reload of {} done: {} device(s)", path.display(), all.len());
         }
         Err(e) => error!("signal SIGHUP: {e}; the running devices are left as they are"),

@@ -168,6 +168,7 @@ mod tests {
             kind: kind.into(),
             handle: 0,
             parent,
+            ..Qdisc::default()
         }
     }
 

@@ -30,12 +30,20 @@ pub enum QdiscError {
     Decode(String),
 }
 
-/// One qdisc: its kind (`fq_codel`, `mq`, `noqueue`, ...), handle and parent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One qdisc: its kind (`fq_codel`, `mq`, `noqueue`, ...), handle and
+/// parent, and its queue statistics (a multi-queue root reports the sum of
+/// its children).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Qdisc {
     pub kind: String,
     pub handle: u32,
     pub parent: u32,
+    /// Frames the qdisc dropped (its AQM decisions and its limits).
+    pub drops: u64,
+    /// Frames waiting in it now.
+    pub qlen: u64,
+    /// Bytes waiting in it now.
+    pub backlog_bytes: u64,
 }
 
 /// A TAP's root qdisc and its direct children.
@@ -145,18 +153,23 @@ fn dump() -> Result<Vec<(i32, Qdisc)>, QdiscError> {
                     None => return Ok(out),
                 },
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(tc)) => {
-                    let kind = tc.attributes.iter().find_map(|a| match a {
-                        TcAttribute::Kind(k) => Some(k.clone()),
-                        _ => None,
-                    });
-                    out.push((
-                        tc.header.index,
-                        Qdisc {
-                            kind: kind.unwrap_or_default(),
-                            handle: handle_u32(tc.header.handle),
-                            parent: handle_u32(tc.header.parent),
-                        },
-                    ));
+                    let mut q = Qdisc {
+                        handle: handle_u32(tc.header.handle),
+                        parent: handle_u32(tc.header.parent),
+                        ..Qdisc::default()
+                    };
+                    for a in &tc.attributes {
+                        match a {
+                            TcAttribute::Kind(k) => q.kind = k.clone(),
+                            TcAttribute::Stats(s) => {
+                                q.drops = s.drops.into();
+                                q.qlen = s.qlen.into();
+                                q.backlog_bytes = s.backlog.into();
+                            }
+                            _ => {}
+                        }
+                    }
+                    out.push((tc.header.index, q));
                 }
                 _ => {}
             }
@@ -199,6 +212,7 @@ mod tests {
             kind: kind.into(),
             handle,
             parent,
+            ..Qdisc::default()
         }
     }
 

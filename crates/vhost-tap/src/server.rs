@@ -176,6 +176,11 @@ impl DeviceServer {
         self.serving.load(Ordering::SeqCst)
     }
 
+    /// Frontend connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     /// Serve the current frontend to its end, then stop listening.
     pub fn leave_after_connection(&self) {
         // SeqCst: pairs with the load of `leave` in `run` (see `connected`).
