@@ -45,3 +45,4 @@ pub mod relay;
 pub mod server;
 pub mod settings;
 pub mod socket;
+pub mod status;

@@ -16,8 +16,10 @@ use vhost_tap::metrics::{MetricsAddr, MetricsServer};
 /// A vhost-user-net backend bridging guests to host TAP devices, with
 /// backpressure instead of tail drops.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// vhost-user socket to listen on (one device; use --config for several).
     #[arg(long, value_name = "PATH", conflicts_with = "config")]
     socket: Option<PathBuf>,
@@ -199,11 +201,77 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
     }
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Show a running daemon's devices and queues, read from its metrics
+    /// endpoint (the daemon must run with --metrics or `metrics`).
+    Status {
+        /// The endpoint: ADDR:PORT or unix:PATH.
+        #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+        metrics: Option<String>,
+        /// Read the endpoint from this configuration file's `metrics`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// One JSON document instead of lines for people.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `vhost-tap status`: 0 shown, 1 the daemon did not answer, 2 usage.
+fn status(metrics: &Option<String>, config: &Option<PathBuf>, json: bool) -> ExitCode {
+    let addr = match (metrics, config) {
+        (Some(m), _) => MetricsAddr::parse(m).map_err(|e| format!("--metrics: {e}")),
+        (None, Some(path)) => config::load_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                c.metrics
+                    .ok_or_else(|| format!("{}: no `metrics` key", path.display()))
+            }),
+        (None, None) => Err("give --metrics ADDR or --config FILE".into()),
+    };
+    let addr = match addr {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vhost-tap status: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match vhost_tap::status::fetch(&addr) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vhost-tap status: {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let devs = vhost_tap::status::summarize(&vhost_tap::status::parse(&text));
+    if json {
+        match serde_json::to_string_pretty(&devs) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("vhost-tap status: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", vhost_tap::status::human(&devs));
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Status {
+        metrics,
+        config,
+        json,
+    }) = &cli.command
+    {
+        return status(metrics, config, *json);
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

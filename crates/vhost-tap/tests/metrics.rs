@@ -241,3 +241,55 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// `vhost-tap status` and `status --json` show what the endpoint serves:
+/// the device, its mode, the connected frontend and the frames sent.
+#[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
+fn status_shows_devices_and_queues() {
+    let port = free_port();
+    let mut d = Daemon::start(Opts {
+        extra: vec!["--metrics".into(), format!("127.0.0.1:{port}")],
+        ..opts()
+    });
+    d.wait_log(&["metrics: http://127.0.0.1"], Duration::from_secs(5))
+        .expect("no metrics endpoint");
+    let mut drv = d.connect();
+    send_frames(&mut drv, fresh_tag(), 25);
+    let addr = format!("127.0.0.1:{port}");
+    let counted = wait_for(Duration::from_secs(5), || {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--metrics", &addr])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v[0]["queues"][0]["tx_frames"] == 25).then_some(v)
+    })
+    .expect("status --json never showed the 25 frames sent");
+    assert_eq!(counted[0]["device"], d.tap.as_str());
+    assert_eq!(counted[0]["frontend_connected"], true);
+    let mode = d.counters().mode;
+    assert!(!mode.is_empty());
+    assert_eq!(counted[0]["mode"], mode.as_str());
+    let out = Command::new(BIN)
+        .args(["status", "--metrics", &addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(&format!(
+            "{}: TAP {}, mode fq-codel, frontend connected",
+            d.tap, d.tap
+        )) && text.contains("guest->host 25 frames"),
+        "{text}"
+    );
+    // Nothing listening: exit status 1 and a message naming the address.
+    let gone = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(BIN)
+        .args(["status", "--metrics", &gone])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&gone));
+}
