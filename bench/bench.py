@@ -31,13 +31,28 @@ CH_REF_H2G_MPPS = 0.30
 CH_REF_H2G_US = 1.65
 CH_REF_G2H_MPPS = 0.82
 
-# Placement (2 cores): the load generator (trafgen) on core 0, the frontend
-# ("guest": testpmd's forwarding lcore, or vu-guest) on core 1, the system
-# under test unpinned or where --placements puts it (testpmd peers use -l 0,1,
-# so their forwarding lcore is 1).
+# Placement (2 cores). Every run records where each of its parties went
+# (`layout`, and the affinity read back from /proc: `affinity`):
+#
+# - `fair` (the default): each party where a user would put it. The guest
+#   (testpmd's forwarding lcore, vu-guest, the spinner) on CPU 1; the system
+#   under test on the other core, CPU 0: the daemon and bare-tap `taskset -c
+#   0`, the DPDK peer's forwarding lcore on CPU 0 (`-l 0,1 --main-lcore 1`:
+#   its main lcore, which sleeps 1 s between statistics, shares CPU 1). The
+#   host→guest generator (trafgen) goes with the guest on CPU 1 (see
+#   gen_cpu()). Guest→host has no generator: the guest is the source.
+# - `unpinned`: the harness before `fair` (TESTBED.md's): trafgen on CPU 0,
+#   the guest on CPU 1, the daemon and bare-tap unpinned, the DPDK peer `-l
+#   0,1`, whose forwarding lcore then polls CPU 1, the core a testpmd guest
+#   busy-polls.
+# - CPUs (`0`, `1`, `0-1`): the daemon and bare-tap `taskset -c` there, the
+#   rest as in `unpinned`; the DPDK peer is not run again (its `unpinned`
+#   run stands for it).
 GEN_CPU = "0"
 GUEST_CPU = "1"
+BACKEND_CPU = "0"  # fair: the core the guest does not poll
 UNPINNED = "unpinned"
+FAIR = "fair"
 
 
 def place(g):
@@ -46,17 +61,63 @@ def place(g):
 
 
 def place_cpus(placement):
-    """taskset -c argument for Proc(cpus=...), None to leave it unpinned."""
+    """taskset -c argument of the daemon / bare-tap (Proc(cpus=...)), None to leave it unpinned."""
+    if placement == FAIR:
+        return BACKEND_CPU
     return None if placement == UNPINNED else placement
 
 
+def gen_cpu(placement, args=None):
+    """The host→guest generator's CPU. `--gen-cpu` overrides; else with
+    `fair` the guest's core: both others poll or serve there, and a
+    generator on the backend's core would take that core's time from the
+    system under test (a polling peer then time-slices with it and forwards
+    a tun ring's worth of frames per scheduler slice). Elsewhere CPU 0, as
+    the harness always had it."""
+    g = getattr(args, "gen_cpu", None) if args is not None else None
+    if g and g != "auto":
+        return g
+    return GUEST_CPU if placement == FAIR else GEN_CPU
+
+
+def peer_fwd_cpu(placement):
+    """The CPU of the DPDK peer's forwarding lcore: its own core with `fair`,
+    else lcore 1 of `-l 0,1` (the core a testpmd guest polls)."""
+    return BACKEND_CPU if placement == FAIR else "1"
+
+
+def layout(system, fe, sc, placement, args=None):
+    """Where each party of a run is put: {role: text}, for runs.jsonl and the summary."""
+    cpus = place_cpus(placement)
+    if system == "dpdk-peer":
+        c = peer_fwd_cpu(placement)
+        sysl = (f"forwarding lcore CPU {c}, main lcore CPU {1 - int(c)} "
+                f"(-l 0,1{' --main-lcore 1' if c == '0' else ''})")
+    else:
+        sysl = "unpinned" if cpus is None else f"CPU {cpus} (taskset -c {cpus})"
+    fel = {"testpmd": f"forwarding lcore CPU {GUEST_CPU}, main lcore CPU 0 (-l 0,1)",
+           "vu": f"CPU {GUEST_CPU} (taskset)", "spin": f"CPU {GUEST_CPU} (taskset)", "none": "–",
+           "vu-bridge": f"CPU {GUEST_CPU} (taskset)" if placement == FAIR else "unpinned",
+           "tcg": "QEMU unpinned (2 TCG vCPU threads)"}.get(fe, "?")
+    kind = sc.get("kind")
+    if kind == "latency":
+        genl = "iperf3 and ping unpinned"
+    elif kind == "xdp":
+        genl = f"trafgen CPU {GEN_CPU} (100 kpps)"
+    elif sc["dir"] == "h2g":
+        genl = f"trafgen CPU {gen_cpu(placement, args)}"
+    else:
+        genl = "– (the guest is the source)"
+    return {"system": sysl, "frontend": fel, "generator": genl}
+
+
 def placements_of(agg):
-    """Placements present, unpinned first, the others in run order."""
+    """Placements present: fair first, unpinned next, the others in run order."""
     seen = []
     for g in agg:
         if place(g) not in seen:
             seen.append(place(g))
-    return sorted(seen, key=lambda p: p != UNPINNED)
+    return sorted(seen, key=lambda p: (p != FAIR, p != UNPINNED))
 
 
 def pinned_any(agg):
@@ -64,11 +125,79 @@ def pinned_any(agg):
 
 
 def place_txt(p):
+    if p == FAIR:
+        return "fair"
     return p if p == UNPINNED else f"CPU {p}"
 
 
 def gkey(g):
     return g["scenario"], g["system"], g["frontend"], place(g)
+
+
+def affinity_of(proc):
+    """CPUs each thread of proc's session may run on (Cpus_allowed_list, read
+    back from /proc: what the placement really did): {comm: cpus}."""
+    out = {}
+    for st in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(st) as f:
+                s = f.read()
+            if int(s[s.rindex(")") + 2:].split()[3]) != proc.pid:  # session id
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        pid = st.split("/")[2]
+        for tst in glob.glob(f"/proc/{pid}/task/*/status"):
+            try:
+                with open(tst) as f:
+                    kv = dict(l.split(":", 1) for l in f if ":" in l)
+            except OSError:
+                continue
+            comm, cpus = kv.get("Name", "?").strip(), kv.get("Cpus_allowed_list", "?").strip()
+            k, n = comm, 2
+            while k in out and out[k] != cpus:
+                k, n = f"{comm}#{n}", n + 1
+            out[k] = cpus
+    return out
+
+
+def session_tasks(proc):
+    """Thread ids of every process in proc's session."""
+    out = []
+    for st in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(st) as f:
+                s = f.read()
+            if int(s[s.rindex(")") + 2:].split()[3]) == proc.pid:
+                out += [int(t) for t in os.listdir(f"/proc/{st.split('/')[2]}/task")]
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def pin_trafgen(proc, cpu, timeout=3.0):
+    """trafgen pins its worker process i to CPU i itself (`-P 1`: CPU 0),
+    whatever taskset said: once the worker exists, move every thread of the
+    session to `cpu`. Returns False if no worker appeared."""
+    want = {int(cpu)}
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        tids = session_tasks(proc)
+        if len(tids) >= 2:  # the parent and its worker
+            time.sleep(0.05)  # the worker pins itself right after the fork
+            for t in session_tasks(proc):
+                try:
+                    os.sched_setaffinity(t, want)
+                except OSError:
+                    pass
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def fwd_lcores(proc):
+    """testpmd's forwarding lcores, from its `Logical Core N ... forwards` lines."""
+    return sorted({int(x) for x in re.findall(r"Logical Core (\d+) \(socket \d+\) forwards", proc.text())})
 
 
 # --------------------------------------------------------------------------
@@ -339,8 +468,9 @@ def trafgen_conf(path, size):
 
 
 def start_system(ctx, system, sc, logdir, tap, sock, placement=UNPINNED):
-    """Returns (Proc, kind) once it listens / has its TAP. placement pins the
-    daemon and bare-tap; the DPDK peer keeps its own -l 0,1."""
+    """Returns (Proc, ok) once it listens / has its TAP. placement pins the
+    daemon and bare-tap (place_cpus); the DPDK peer's forwarding lcore goes
+    to peer_fwd_cpu (its own core with `fair`, else lcore 1 of -l 0,1)."""
     q = sc["queues"]
     cpus = place_cpus(placement)
     if system.startswith("vhost-tap"):
@@ -351,7 +481,10 @@ def start_system(ctx, system, sc, logdir, tap, sock, placement=UNPINNED):
         ok = p.wait_for(r"listening on", 10)
         return p, ok
     if system == "dpdk-peer":
-        argv = ["stdbuf", "-oL", "dpdk-testpmd", "-l", "0,1", "--no-pci", "--no-huge", "-m", "512",
+        # testpmd forwards on every lcore but the main one: with the main
+        # lcore on CPU 1, the forwarding lcore is lcore 0 on CPU 0.
+        main = ["--main-lcore", "1"] if peer_fwd_cpu(placement) == "0" else []
+        argv = ["stdbuf", "-oL", "dpdk-testpmd", "-l", "0,1"] + main + ["--no-pci", "--no-huge", "-m", "512",
                 "--file-prefix", ctx.uniq("bp"),
                 "--vdev", f"net_vhost0,iface={sock},queues={q}",
                 "--vdev", f"net_tap0,iface={tap}",
@@ -409,8 +542,57 @@ def start_frontend(ctx, fe, system, sc, logdir, sock, rate=None):
     raise ValueError(fe)
 
 
-def snapshot(sys_proc, system, tap):
+def all_cpu():
+    """utime+stime (s) of every user process now: {pid: (comm, session, s)}
+    (kernel threads, children of kthreadd, left out)."""
+    out = {}
+    for st in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(st) as f:
+                x = f.read()
+            fields = x[x.rindex(")") + 2:].split()
+            if int(fields[1]) == 2 or st == "/proc/2/stat":
+                continue
+            out[int(st.split("/")[2])] = (x[x.index("(") + 1:x.rindex(")")], int(fields[3]),
+                                          (int(fields[11]) + int(fields[12])) / TICK)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def other_load(s0, s1, ours, win):
+    """CPU % of the processes that are not this run's (the machine is shared:
+    other engineers' builds and tests), and the three busiest by name."""
+    by = {}
+    for pid, (comm, sid, c1) in s1["all"].items():
+        if sid in ours or pid in ours or pid == os.getpid() or pid not in s0["all"]:
+            continue
+        d = c1 - s0["all"][pid][2]
+        if d > 0:
+            by[comm] = by.get(comm, 0) + d
+    top = sorted(by.items(), key=lambda kv: -kv[1])[:3]
+    return round(100 * sum(by.values()) / win, 1), {k: round(100 * v / win, 1) for k, v in top}
+
+
+def session_cpu(proc):
+    """utime+stime (s) of the live processes of proc's session."""
+    tot = 0.0
+    for st in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(st) as f:
+                x = f.read()
+            fields = x[x.rindex(")") + 2:].split()
+            if int(fields[3]) == proc.pid:
+                tot += (int(fields[11]) + int(fields[12])) / TICK
+        except (OSError, ValueError, IndexError):
+            continue
+    return tot
+
+
+def snapshot(sys_proc, system, tap, others=()):
     s = {"t": time.monotonic()}
+    s["all"] = all_cpu()
+    s["others"] = {p.name: session_cpu(p) for p in others if p is not None}
     cpu, threads = proc_cpu(sys_proc.pid)
     s["cpu"] = cpu
     s["threads"] = threads
@@ -422,9 +604,25 @@ def snapshot(sys_proc, system, tap):
     return s
 
 
+def record_affinity(res, sp, fp, gen, system, fe):
+    """What the placement really did: each party's threads and the CPUs they
+    may run on, and testpmd's forwarding lcores (peer and frontend)."""
+    aff = {"system": affinity_of(sp)}
+    if fp is not None:
+        aff["frontend"] = affinity_of(fp)
+    if gen is not None:
+        aff["generator"] = affinity_of(gen)
+    res["affinity"] = aff
+    if system == "dpdk-peer":
+        res["peer_fwd_lcores"] = fwd_lcores(sp)
+    if fe == "testpmd" and fp is not None:
+        res["frontend_fwd_lcores"] = fwd_lcores(fp)
+
+
 def run_name(sc, system, fe, rep, placement):
     """The run's log directory name (unpinned: as before --placements)."""
-    return f"{sc['id']}__{system}__{fe}__r{rep}" + ("" if placement == UNPINNED else f"__cpu{placement}")
+    return f"{sc['id']}__{system}__{fe}__r{rep}" + (
+        "" if placement == UNPINNED else "__fair" if placement == FAIR else f"__cpu{placement}")
 
 
 def one_run(ctx, sc, system, fe, rep, rate=None, placement=UNPINNED):
@@ -436,6 +634,7 @@ def one_run(ctx, sc, system, fe, rep, rate=None, placement=UNPINNED):
     sock = os.path.join(logdir, "vhost.sock")
     res = {"scenario": sc["id"], "dir": sc["dir"], "size": sc["size"], "gso": bool(sc.get("gso")),
            "queues": sc["queues"], "system": system, "frontend": fe, "placement": placement, "rep": rep,
+           "layout": layout(system, fe, sc, placement, a),
            "duration": a.duration, "slow_rate": rate, "ok": False, "error": None}
     procs = []
     gen = None
@@ -457,10 +656,12 @@ def one_run(ctx, sc, system, fe, rep, rate=None, placement=UNPINNED):
             conf = os.path.join(logdir, "udp.trafgen")
             trafgen_conf(conf, sc["size"])
             gen = Proc("trafgen", ["trafgen", "--dev", tap, "--conf", conf, "-P", "1",
-                                   "--no-sock-mem", "-q"], logdir, cpus=GEN_CPU)
+                                   "--no-sock-mem", "-q"], logdir, cpus=gen_cpu(placement, a))
             procs.append(gen)
+            pin_trafgen(gen, gen_cpu(placement, a))
         time.sleep(a.warmup)
-        s0 = snapshot(sp, system, tap)
+        s0 = snapshot(sp, system, tap, (fp, gen))
+        record_affinity(res, sp, fp, gen, system, fe)
         perf = None
         if a.perf and system.startswith("vhost-tap") and rep == 0:
             pdata = os.path.join(logdir, "perf.data")
@@ -468,7 +669,7 @@ def one_run(ctx, sc, system, fe, rep, rate=None, placement=UNPINNED):
                                      "--", "sleep", str(a.duration)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(a.duration)
-        s1 = snapshot(sp, system, tap)
+        s1 = snapshot(sp, system, tap, (fp, gen))
         # A process that died in the window makes the figures meaningless
         # (trafgen, for one, exits when a TX ring flush returns EAGAIN).
         for p in procs:
@@ -522,6 +723,11 @@ def one_run(ctx, sc, system, fe, rep, rate=None, placement=UNPINNED):
         res["threads_cpu_pct"] = {k: round(100 * (v - s0["threads"].get(k, 0)) / win, 1)
                                   for k, v in s1["threads"].items()
                                   if v - s0["threads"].get(k, 0) > 0}
+        # The machine is shared: how busy each CPU was, what our other
+        # parties used, and what is left over (someone else's load).
+        res["parties_cpu_pct"] = {n: round(100 * (v - s0["others"].get(n, 0)) / win, 1)
+                                  for n, v in s1["others"].items()}
+        res["other_load_pct"], res["other_load_top"] = other_load(s0, s1, {p.pid for p in procs}, win)
         # where frames went (per second, over the window)
         d = lambda k: (s1.get(k, 0) - s0.get(k, 0)) / win
         res["tap_tx_pps"] = d("tx_packets")          # into the tun ring (host->guest)
@@ -748,7 +954,7 @@ def latency_run(ctx, sc, system, rep, placement=UNPINNED):
     sock = os.path.join(logdir, "vhost.sock")
     res = {"scenario": sc["id"], "kind": "latency", "dir": "h2g", "size": 1514, "gso": False, "queues": 1,
            "system": system, "frontend": fe, "placement": placement, "rep": rep, "duration": a.duration,
-           "omit_s": a.omit, "rate_mbit": a.slow_mbit, "flows_n": a.flows, "cc": a.cc,
+           "layout": layout(system, fe, sc, placement, a), "omit_s": a.omit, "rate_mbit": a.slow_mbit, "flows_n": a.flows, "cc": a.cc,
            "ping_interval_s": a.ping_interval,
            "ok": False, "error": None}
     procs = []
@@ -770,7 +976,8 @@ def latency_run(ctx, sc, system, rep, placement=UNPINNED):
                    "net.ipv6.conf.default.disable_ipv6=1"])
         br = Proc("bridge", [bridge_bin, "--socket", sock, "--tap", tap2, "--netns", ns,
                              "--addr", f"{gip}/24", "--rate-mbit", str(a.slow_mbit),
-                             "--rx-buffers", str(a.rx_buffers)], logdir)
+                             "--rx-buffers", str(a.rx_buffers)], logdir,
+                  cpus=GUEST_CPU if placement == FAIR else None)
         procs.append(br)
         if not br.wait_for(r"vu-bridge: ready", 20):
             raise RuntimeError(f"vu-bridge did not start:\n{br.text()[-2000:]}")
@@ -798,6 +1005,7 @@ def latency_run(ctx, sc, system, rep, placement=UNPINNED):
         tap2_0 = ns_tap_stats(ns, tap2)
         b0 = bridge_counters(br)
         s0 = snapshot(sp, system, tap)
+        record_affinity(res, sp, br, None, system, fe)
         count = max(10, int((dur - 0.7) / a.ping_interval))
         ping = Proc("ping", ["ping", "-n", "-i", str(a.ping_interval), "-W", "2", "-c", str(count), gip], logdir)
         procs.append(ping)
@@ -920,6 +1128,7 @@ def xdp_run(ctx, sc, system, rep, placement=UNPINNED):
     count = int(a.xdp_pps * flood_s)
     res = {"scenario": sc["id"], "kind": "xdp", "dir": "h2g", "size": 60, "gso": False, "queues": 1,
            "system": system, "frontend": fe, "placement": placement, "rep": rep, "duration": flood_s,
+           "layout": layout(system, fe, sc, placement, a),
            "flood_pps": a.xdp_pps, "flood_frames": count, "ok": False, "error": None}
     procs = []
     t_start = time.monotonic()
@@ -966,6 +1175,8 @@ def xdp_run(ctx, sc, system, rep, placement=UNPINNED):
         gen = Proc("trafgen", ["trafgen", "--dev", tap, "--conf", conf, "-P", "1", "--no-sock-mem", "-q",
                                "-n", str(count), "-b", f"{int(a.xdp_pps)}pps"], logdir, cpus=GEN_CPU)
         procs.append(gen)
+        pin_trafgen(gen, GEN_CPU)
+        record_affinity(res, sp, qemu, gen, system, fe)
         try:
             gen.p.wait(flood_s * 3 + 20)
         except subprocess.TimeoutExpired:
@@ -1110,7 +1321,7 @@ def aggregate(results):
              "errors": [r["error"] for r in rs if not r["ok"]]}
         for k in ("pps", "bps", "us_per_frame", "cpu_pct", "offered_pps", "tun_tail_drops_ps",
                   "qdisc_drops_ps", "guest_drops_ps", "peer_drops_ps", "sent_pps", "daemon_drops_total",
-                  "aqm_drops_ps",
+                  "aqm_drops_ps", "other_load_pct",
                   # latency-slow, xdp-tcg
                   "ping_p50_ms", "ping_p99_ms", "ping_max_ms", "ping_loss_pct", "goodput_mbps",
                   "flow_spread_pct", "tun_tail_drops", "qdisc_drops", "aqm_drops_total", "ecn_marks",
@@ -1122,6 +1333,13 @@ def aggregate(results):
                 drops[k] = drops.get(k, 0) + v
         g["daemon_drops_by_reason"] = drops
         g["threads"] = ok[len(ok) // 2].get("threads_cpu_pct") if ok else {}
+        # Where its parties were: as intended (layout) and as read back from /proc.
+        g["layout"] = rs[0].get("layout")
+        g["pps_by_rep"] = {str(r["rep"]): r.get("pps") for r in ok}
+        g["affinity"] = ok[len(ok) // 2].get("affinity") if ok else None
+        for k in ("peer_fwd_lcores", "frontend_fwd_lcores"):
+            if ok and ok[len(ok) // 2].get(k) is not None:
+                g[k] = ok[len(ok) // 2][k]
         aqm = {}
         for r in ok:
             for k, v in (r.get("aqm_drops") or {}).items():
@@ -1151,27 +1369,25 @@ def summary_md(S, agg, meta):
     L.append(f"Repetitions: {meta['reps']} × {meta['duration']} s (warm-up {meta['warmup']} s); "
              "medians, spread = min–max over the repetitions"
              + (f" (except: {', '.join(f'{k} {v}×' for k, v in meta['reps_per_scenario'].items())})" if meta.get("reps_per_scenario") else "") + ".\n")
-    L.append("Placement: trafgen on CPU 0, frontend (testpmd forwarding lcore 1 / vu-guest) on CPU 1, "
-             "system under test unpinned (DPDK peer: -l 0,1, forwarding lcore on CPU 1). "
-             "latency-slow: vu-bridge, iperf3 and ping unpinned; xdp-tcg: trafgen on CPU 0, QEMU (2 TCG vCPU "
-             "threads) and the daemon unpinned.\n")
+    L.append("**Placements** (`--placements " + ",".join(meta.get("placements") or pls) + "`; every run once "
+             "per placement; each run's parties and the CPUs their threads may use, read back from /proc, are "
+             "in runs.jsonl `layout` / `affinity`, and under each scenario below):\n")
+    for pl in (meta.get("placements") or pls):
+        L.append("- " + placement_txt(pl, meta))
+    L.append("")
     if meta.get("daemon_cpus"):  # runs of the format before --placements
         L.append(f"**The vhost-tap daemon was pinned to CPU(s) {meta['daemon_cpus']}** (`--daemon-cpus`).\n")
-    if pc or (meta.get("placements") or [UNPINNED]) != [UNPINNED]:
-        L.append(f"**Placements** (`--placements {','.join(meta.get('placements') or pls)}`): every run once per "
-                 "placement, the system under test (vhost-tap daemon, bare-tap) `taskset -c` to the placement's "
-                 "CPUs or unpinned; frontends and trafgen as above; the DPDK peer keeps its `-l 0,1` "
-                 "(its runs, once per repetition, are labelled unpinned).\n")
+    L += peers_md(S, agg)
     for sc in S:
         rows = rows_of(sc, by, pls)
         if not rows:
             continue
         L.append(f"## {sc['id']}: {sc['title']}\n")
         if sc.get("kind") == "latency":
-            L += latency_md(rows, meta, pc)
+            L += latency_md(rows, meta, pc) + layout_md(rows)
             continue
         if sc.get("kind") == "xdp":
-            L += xdp_md(rows, meta, pc)
+            L += xdp_md(rows, meta, pc) + layout_md(rows)
             continue
         gbps = sc.get("gso") or sc["size"] > 1000
         L.append("| system | frontend | " + ("placement | " if pc else "") + "Mpps (min–max) | " + ("Gbit/s | " if gbps else "") +
@@ -1190,6 +1406,7 @@ def summary_md(S, agg, meta):
                      f"{fmt(g['qdisc_drops_ps'][0])} | {ddtxt} | {fmt(g['aqm_drops_ps'][0])} | {fmt(g['peer_drops_ps'][0])} | "
                      f"{fmt(g['guest_drops_ps'][0])} |")
         L.append("")
+        L += layout_md(rows)
     L.append("## Targets\n")
     L += targets(agg)
     fails = [g for g in agg if g["errors"]]
@@ -1198,6 +1415,101 @@ def summary_md(S, agg, meta):
         for g in fails:
             L.append(f"- {g['scenario']} {g['system']} {g['frontend']}{where(g)}: {g['errors'][0][:300]!r}")
     return "\n".join(L) + "\n"
+
+
+def placement_txt(pl, meta):
+    """One line on what a placement does."""
+    if pl == FAIR:
+        g = meta.get("gen_cpu") or "auto"
+        gc = GUEST_CPU if g == "auto" else g
+        return (f"`fair`: each party where a user would put it. The guest on CPU {GUEST_CPU} (testpmd's "
+                f"forwarding lcore; vu-guest, the spinner, vu-bridge `taskset -c {GUEST_CPU}`); the system under "
+                f"test on the other core, CPU {BACKEND_CPU} (daemon and bare-tap `taskset -c {BACKEND_CPU}`, the "
+                f"DPDK peer's forwarding lcore via `-l 0,1 --main-lcore 1`); host→guest trafgen on CPU {gc}"
+                + (" (with the guest: on the backend's core it would take that core from the system under "
+                   "test, and a polling peer would time-slice with it)" if g == "auto" else " (`--gen-cpu`)")
+                + "; guest→host has no generator (the guest is the source).")
+    if pl == UNPINNED:
+        return ("`unpinned` (the harness before `fair`): trafgen on CPU 0, the guest on CPU 1, the daemon and "
+                "bare-tap unpinned, the DPDK peer `-l 0,1`: its forwarding lcore polls CPU 1, **the core a testpmd "
+                "guest busy-polls**; latency-slow: vu-bridge, iperf3 and ping unpinned; xdp-tcg: trafgen on CPU 0, "
+                "QEMU (2 TCG vCPU threads) and the daemon unpinned.")
+    return (f"`{pl}`: the daemon and bare-tap `taskset -c {pl}`; trafgen, guest as with `unpinned`; the DPDK "
+            "peer not run again (its `unpinned` runs stand for it).")
+
+
+def affinity_txt(aff):
+    """{comm: cpus} as 'cpus: comm, comm; cpus: ...' (a few names per set)."""
+    if not aff:
+        return "–"
+    by = {}
+    for comm, cpus in aff.items():
+        by.setdefault(cpus, []).append(comm.split("#")[0])
+    out = []
+    for cpus, comms in sorted(by.items()):
+        names = list(dict.fromkeys(comms))
+        out.append(f"{cpus}: " + ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else ""))
+    return "; ".join(out)
+
+
+def layout_md(rows):
+    """Where each group's parties were: as intended, and read back from /proc."""
+    rows = [g for g in rows if g.get("layout")]
+    if not rows:
+        return []
+    L = ["| system | frontend | placement | system under test | guest | generator | system's threads: "
+         "CPUs (read back) | guest's threads: CPUs |"]
+    L.append(sep(L[-1]))
+    for g in rows:
+        lo = g["layout"]
+        aff = g.get("affinity") or {}
+        sysaff = affinity_txt(aff.get("system"))
+        if g.get("peer_fwd_lcores") is not None:
+            sysaff += f" (forwarding lcore {','.join(map(str, g['peer_fwd_lcores']))})"
+        L.append(f"| {g['system']} | {g['frontend']} | {place_txt(place(g))} | {lo.get('system')} | "
+                 f"{lo.get('frontend')} | {lo.get('generator')} | {sysaff} | {affinity_txt(aff.get('frontend'))} |")
+    L.append("")
+    return L
+
+
+def paired(a, b):
+    """Ratios a/b of the repetitions both have (runs interleaved: rep i of
+    each ran back to back)."""
+    pa, pb = a.get("pps_by_rep") or {}, b.get("pps_by_rep") or {}
+    return [pa[r] / pb[r] for r in pa if r in pb and pa[r] and pb[r]]
+
+
+def peers_md(S, agg):
+    """vhost-tap vs the DPDK peer, side by side, per scenario, frontend and placement."""
+    by = {gkey(g): g for g in agg}
+    L = []
+    for sc in S:
+        if sc.get("kind"):
+            continue
+        for pl in placements_of(agg):
+            for fe in ("testpmd", "vu"):
+                d, q = by.get((sc["id"], "vhost-tap", fe, pl)), by.get((sc["id"], "dpdk-peer", fe, pl))
+                if not d or not q or d["pps"][0] is None or q["pps"][0] is None:
+                    continue
+                if not L:
+                    L.append("## vhost-tap vs the DPDK peer (net_vhost + net_tap, io forwarding)\n")
+                    L.append("| scenario | guest | placement | vhost-tap Mpps | DPDK peer Mpps | vhost-tap ÷ peer: "
+                             "median (per-repetition min–max) | vhost-tap CPU % / µs per frame | "
+                             "peer CPU % / µs per frame |")
+                    L.append(sep(L[-1]))
+                r = paired(d, q)
+                rr = f" ({min(r):.2f}–{max(r):.2f})" if len(r) > 1 else ""
+                ratio = f"**{d['pps'][0] / q['pps'][0]:.2f}×**{rr}" if q["pps"][0] else "– (the peer delivered nothing)"
+                L.append(f"| {sc['id']} | {fe} | {place_txt(pl)} | {mm(d['pps'], 'Mpps')} | {mm(q['pps'], 'Mpps')} | "
+                         f"{ratio} | {fmt(d['cpu_pct'][0], 'pct')} / "
+                         f"{fmt(d['us_per_frame'][0], 'us')} | {fmt(q['cpu_pct'][0], 'pct')} / "
+                         f"{fmt(q['us_per_frame'][0], 'us')} |")
+    if L:
+        L.append("")
+        L.append("Ratio = vhost-tap's median delivered frames/s ÷ the peer's (above 1: vhost-tap delivers more); "
+                 "per-repetition ratios pair the runs of one repetition, which ran back to back. A polling peer "
+                 "uses its whole core whatever it forwards: compare µs per frame with that in mind.\n")
+    return L
 
 
 def sep(header):
@@ -1280,13 +1592,17 @@ def targets(agg):
     by = {gkey(g): g for g in agg}
     L = []
 
-    def get(sc, sy, fe, k, pl=UNPINNED):
-        g = by.get((sc, sy, fe, pl))
+    # The unpinned-style lines once per whole-harness placement (fair,
+    # unpinned), each line tagged with it when there are several.
+    cur = {"pl": UNPINNED, "tag": ""}
+
+    def get(sc, sy, fe, k, pl=None):
+        g = by.get((sc, sy, fe, pl or cur["pl"]))
         return g[k][0] if g and g[k][0] is not None else None
 
     def line(name, val, goal, ok):
         mark = "–" if ok is None else ("met" if ok else "MISSED")
-        L.append(f"| {name} | {val} | {goal} | {mark} |")
+        L.append(f"| {name}{cur['tag']} | {val} | {goal} | {mark} |")
 
     def cpu_ratio(name, d, b):
         """A daemon-vs-ceiling CPU/frame line against the issue's 1.2× bound."""
@@ -1296,45 +1612,53 @@ def targets(agg):
 
     L.append("| target | measured (medians) | goal | |")
     L.append("|---|---|---|---|")
-    for fe in ("testpmd", "vu"):
-        d = get("h2g-64", "vhost-tap", fe, "us_per_frame")
-        cpu_ratio(f"h2g 64 B CPU/frame vs bare read() ({fe} guest)", d,
-                  get("h2g-64", "bare", "none", "us_per_frame"))
-        if fe == "testpmd":
-            cpu_ratio("(same, vs bare read() sharing its core with a busy poller, as the daemon does beside testpmd)",
-                      d, get("h2g-64", "bare", "spin", "us_per_frame"))
-            cpu_ratio("(same, vs bare read() into 16384 rotating 2 KiB buffers beside a busy poller)",
-                      d, get("h2g-64", "bare-cold", "spin", "us_per_frame"))
-        u = get("h2g-64", "bare-uring", "none", "us_per_frame")
-        b0 = get("h2g-64", "bare", "none", "us_per_frame")
-        if u and b0 and fe == "testpmd":
-            line("(syscall batching: bare io_uring reads, 64 in flight, vs bare read())",
-                 f"{u:.2f} / {b0:.2f} µs = {u / b0:.2f}×", "< 1× would move the ceiling", u < b0)
-        p = get("h2g-64", "vhost-tap", fe, "pps")
-        b = get("h2g-64", "bare", "spin", "pps")
-        if p and b and fe == "testpmd":
-            line("(h2g 64 B pps: what the bare read() loop reaches beside a busy poller: the harness's ceiling)",
-                 f"{p / 1e6:.3f} vs {b / 1e6:.3f} Mpps = {p / b:.2f}×; 2× reference = {2 * CH_REF_H2G_MPPS} Mpps",
-                 "–", None)
-        if p:
-            line(f"h2g 64 B pps vs 2× cloud-hypervisor reference ({fe} guest)",
-                 f"{p / 1e6:.3f} Mpps vs 2 × {CH_REF_H2G_MPPS} (TESTBED reference, not this run) = "
-                 f"{p / 1e6 / CH_REF_H2G_MPPS:.2f}× ", "≥ 2×", p / 1e6 >= 2 * CH_REF_H2G_MPPS)
-        p = get("g2h-64", "vhost-tap", fe, "pps")
-        q = get("g2h-64", "dpdk-peer", fe, "pps")
-        if p and q:
-            line(f"g2h 64 B pps vs DPDK peer ({fe} guest)", f"{p / 1e6:.3f} vs {q / 1e6:.3f} Mpps = {p / q:.2f}×",
-                 "≥ 1×", p >= q)
-        d = get("g2h-64", "vhost-tap", fe, "us_per_frame")
-        cpu_ratio(f"g2h 64 B CPU/frame vs bare write() ({fe} guest)", d,
-                  get("g2h-64", "bare", "none", "us_per_frame"))
-        if fe == "testpmd":
-            cpu_ratio("(same, vs bare write() sharing its core with a busy poller)",
-                      d, get("g2h-64", "bare", "spin", "us_per_frame"))
+    whole = [pl for pl in placements_of(agg) if pl in (FAIR, UNPINNED)]
+    for wpl in whole:
+        cur["pl"], cur["tag"] = wpl, (f" [{place_txt(wpl)}]" if len(whole) > 1 else "")
+        for fe in ("testpmd", "vu"):
+            d = get("h2g-64", "vhost-tap", fe, "us_per_frame")
+            cpu_ratio(f"h2g 64 B CPU/frame vs bare read() ({fe} guest)", d,
+                      get("h2g-64", "bare", "none", "us_per_frame"))
+            if fe == "testpmd":
+                cpu_ratio("(same, vs bare read() sharing its core with a busy poller, as the daemon does beside testpmd)",
+                          d, get("h2g-64", "bare", "spin", "us_per_frame"))
+                cpu_ratio("(same, vs bare read() into 16384 rotating 2 KiB buffers beside a busy poller)",
+                          d, get("h2g-64", "bare-cold", "spin", "us_per_frame"))
+            u = get("h2g-64", "bare-uring", "none", "us_per_frame")
+            b0 = get("h2g-64", "bare", "none", "us_per_frame")
+            if u and b0 and fe == "testpmd":
+                line("(syscall batching: bare io_uring reads, 64 in flight, vs bare read())",
+                     f"{u:.2f} / {b0:.2f} µs = {u / b0:.2f}×", "< 1× would move the ceiling", u < b0)
+            p = get("h2g-64", "vhost-tap", fe, "pps")
+            b = get("h2g-64", "bare", "spin", "pps")
+            if p and b and fe == "testpmd":
+                line("(h2g 64 B pps: what the bare read() loop reaches beside a busy poller: the harness's ceiling)",
+                     f"{p / 1e6:.3f} vs {b / 1e6:.3f} Mpps = {p / b:.2f}×; 2× reference = {2 * CH_REF_H2G_MPPS} Mpps",
+                     "–", None)
+            if p:
+                line(f"h2g 64 B pps vs 2× cloud-hypervisor reference ({fe} guest)",
+                     f"{p / 1e6:.3f} Mpps vs 2 × {CH_REF_H2G_MPPS} (TESTBED reference, not this run) = "
+                     f"{p / 1e6 / CH_REF_H2G_MPPS:.2f}× ", "≥ 2×", p / 1e6 >= 2 * CH_REF_H2G_MPPS)
+            for scid in ("h2g-64", "g2h-64"):
+                p = get(scid, "vhost-tap", fe, "pps")
+                q = get(scid, "dpdk-peer", fe, "pps")
+                if p and q:
+                    # The issue's target is guest→host; host→guest is shown beside it.
+                    line(f"{scid[:3]} 64 B pps vs DPDK peer ({fe} guest)",
+                         f"{p / 1e6:.3f} vs {q / 1e6:.3f} Mpps = {p / q:.2f}×",
+                         "≥ 1×" if scid.startswith("g2h") else "–", p >= q if scid.startswith("g2h") else None)
+            d = get("g2h-64", "vhost-tap", fe, "us_per_frame")
+            cpu_ratio(f"g2h 64 B CPU/frame vs bare write() ({fe} guest)", d,
+                      get("g2h-64", "bare", "none", "us_per_frame"))
+            if fe == "testpmd":
+                cpu_ratio("(same, vs bare write() sharing its core with a busy poller)",
+                          d, get("g2h-64", "bare", "spin", "us_per_frame"))
+    cur["tag"] = ""
+    cur["pl"] = (whole or placements_of(agg) or [UNPINNED])[0]
     # Placement-matched: the daemon and the bare loop on the same CPU(s). The
     # spinner stands in for testpmd's poller on CPU 1; vu-guest does not poll.
     for pl in placements_of(agg):
-        if pl == UNPINNED:
+        if pl in (UNPINNED, FAIR):
             continue
         for sc, call in (("h2g-64", "read()"), ("g2h-64", "write()")):
             for fe, bfe, beside in (("testpmd", "spin", "beside a busy poller"), ("vu", "none", "alone")):
@@ -1363,8 +1687,10 @@ def targets(agg):
     line("daemon drops, every scenario (all repetitions)", f"{tot:.0f} " + (str(reasons) if reasons else ""),
          "0", tot == 0)
     # The queueing issue's bounds (tests/tests/queueing.rs), from latency-slow.
-    bp = by.get(("latency-slow", "vhost-tap", "vu-bridge", UNPINNED))
-    fq = by.get(("latency-slow", "vhost-tap-fq-codel", "vu-bridge", UNPINNED))
+    lpl = next((pl for pl in placements_of(agg) if ("latency-slow", "vhost-tap-fq-codel", "vu-bridge", pl) in by),
+               UNPINNED)
+    bp = by.get(("latency-slow", "vhost-tap", "vu-bridge", lpl))
+    fq = by.get(("latency-slow", "vhost-tap-fq-codel", "vu-bridge", lpl))
     if fq and fq["ping_p99_ms"][0] is not None:
         p99 = fq["ping_p99_ms"][0]
         line("latency-slow: fq-codel ping p99 under load", f"{p99:.1f} ms", "≤ 25 ms", p99 <= 25)
@@ -1426,7 +1752,56 @@ def plots(S, agg, outdir):
                 ax.set_ylabel(un)
             ax.set_title(title, fontsize=9)
         files.append(_save(plt, fig, sc, outdir, 9))
+    files += peers_plot(plt, S, agg, outdir)
     return files
+
+
+def peers_plot(plt, S, agg, outdir):
+    """peers.png: delivered Mpps of vhost-tap and the DPDK peer (and the bare
+    loop, the one-syscall-per-frame ceiling) per scenario, guest and placement;
+    one panel per scenario with a peer run."""
+    by = {gkey(g): g for g in agg}
+    pls = placements_of(agg)
+    scs = [sc for sc in S if not sc.get("kind")
+           and any((sc["id"], "dpdk-peer", fe, pl) in by for fe in ("testpmd", "vu") for pl in pls)]
+    if not scs:
+        return []
+    systems = [("vhost-tap", "#1f77b4"), ("dpdk-peer", "#ff7f0e")]
+    fig, axs = plt.subplots(1, len(scs), figsize=(max(5.5 * len(scs), 7), 4.2), squeeze=False)
+    for ax, sc in zip(axs[0], scs):
+        groups = [(fe, pl) for pl in pls for fe in ("testpmd", "vu")
+                  if any((sc["id"], sy, fe, pl) in by for sy, _ in systems)]
+        w = 0.8 / len(systems)
+        for i, (sy, color) in enumerate(systems):
+            xs, vals, lo, hi = [], [], [], []
+            for j, (fe, pl) in enumerate(groups):
+                g = by.get((sc["id"], sy, fe, pl))
+                if not g or g["pps"][0] is None:
+                    continue
+                v = g["pps"][0] / 1e6
+                xs.append(j + (i - (len(systems) - 1) / 2) * w)
+                vals.append(v)
+                lo.append(max(0, v - g["pps"][1] / 1e6))
+                hi.append(max(0, g["pps"][2] / 1e6 - v))
+            ax.bar(xs, vals, w, yerr=[lo, hi], color=color, capsize=3, label=sy)
+            for x_, v in zip(xs, vals):
+                ax.annotate(f"{v:.2f}", (x_, v), ha="center", va="bottom", fontsize=7)
+        for j, (fe, pl) in enumerate(groups):
+            d, q = by.get((sc["id"], "vhost-tap", fe, pl)), by.get((sc["id"], "dpdk-peer", fe, pl))
+            if d and q and d["pps"][0] and q["pps"][0]:
+                ax.annotate(f"{d['pps'][0] / q['pps'][0]:.2f}×", (j, 0), xytext=(0, -30),
+                            textcoords="offset points", ha="center", fontsize=8, fontweight="bold")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([f"{fe} guest\n{place_txt(pl)}" for fe, pl in groups], fontsize=8)
+        ax.set_ylabel("delivered Mpps")
+        ax.set_title(f"{sc['id']}: {sc['title']}", fontsize=8.5)
+        ax.legend(fontsize=7)
+    fig.suptitle("vhost-tap vs the DPDK peer (median, min–max; bold: vhost-tap ÷ peer)", fontsize=9)
+    fig.tight_layout()
+    f = os.path.join(outdir, "peers.png")
+    fig.savefig(f, dpi=80)
+    plt.close(fig)
+    return [f]
 
 
 def _save(plt, fig, sc, outdir, title_size):
@@ -1521,12 +1896,16 @@ def main():
     ap.add_argument("--replot", metavar="DIR", default=None,
                     help="redraw the PNG plots of an earlier run's DIR from its summary.json and print its "
                          "summary tables (summary.md is left alone), run nothing")
-    ap.add_argument("--placements", default=UNPINNED, metavar="LIST",
-                    help="comma list of placements of the system under test, every run done once per item: "
-                         "'unpinned', or CPUs for taskset -c without commas ('0', '1', '0-1'). Pins the "
-                         "vhost-tap daemon and bare-tap; frontends and trafgen keep theirs; the DPDK peer "
-                         "keeps its -l 0,1: its runs are done once per repetition, labelled unpinned "
-                         "(default: unpinned)")
+    ap.add_argument("--placements", default=FAIR, metavar="LIST",
+                    help="comma list of placements, every run done once per item (default: fair). "
+                         "'fair': the guest on CPU 1, the system under test on CPU 0 (daemon and bare-tap "
+                         "taskset -c 0, the DPDK peer's forwarding lcore on CPU 0), trafgen with the guest on "
+                         "CPU 1. 'unpinned': the old harness (trafgen CPU 0, daemon and bare-tap unpinned, the "
+                         "DPDK peer -l 0,1 polling the guest's CPU 1). CPUs for taskset -c without commas "
+                         "('0', '1', '0-1'): the daemon and bare-tap pinned there, the rest as with unpinned "
+                         "(the DPDK peer not run again: its unpinned run stands for it)")
+    ap.add_argument("--gen-cpu", default="auto", metavar="CPU",
+                    help="CPU of trafgen in the host→guest scenarios (default auto: 1 with fair, 0 otherwise)")
     ap.add_argument("--systems", default="", help="comma list: vhost-tap,vhost-tap-fq-codel,dpdk-peer,bare,bare-cold,bare-uring")
     ap.add_argument("--frontends", default="", help="comma list: testpmd,vu")
     ap.add_argument("--slow-fraction", type=float, default=0.10)
@@ -1561,15 +1940,22 @@ def main():
             print(f"bench: no summary tables ({e!r})", file=sys.stderr)
         return 0
     placements = list(dict.fromkeys(filter(None, a.placements.split(","))))
+    if a.gen_cpu != "auto" and not (a.gen_cpu.isdigit() and int(a.gen_cpu) < os.cpu_count()):
+        ap.error(f"--gen-cpu: {a.gen_cpu!r} is not a CPU of this machine (0..{os.cpu_count() - 1})")
     for pl in placements:
-        if pl != UNPINNED and not (re.fullmatch(r"\d+(-\d+)?", pl)
+        if pl == FAIR and os.cpu_count() < 2:
+            ap.error("--placements fair needs 2 CPUs")
+        if pl not in (UNPINNED, FAIR) and not (re.fullmatch(r"\d+(-\d+)?", pl)
                                    and all(int(c) < os.cpu_count() for c in pl.split("-"))):
-            ap.error(f"--placements: {pl!r} is neither 'unpinned' nor CPUs of this machine "
+            ap.error(f"--placements: {pl!r} is neither 'fair', 'unpinned' nor CPUs of this machine "
                      f"(0..{os.cpu_count() - 1}, N or N-M)")
     if not placements:
         ap.error("--placements is empty")
-    # The DPDK peer is never pinned: its runs go with one placement only.
-    peer_pl = UNPINNED if UNPINNED in placements else placements[0]
+    # The DPDK peer has two placements: its forwarding lcore on its own core
+    # (fair) or on the guest's (unpinned, as -l 0,1 puts it); a CPU
+    # placement runs it as unpinned, once per repetition.
+    legacy = [pl for pl in placements if pl != FAIR]
+    peer_pl = (UNPINNED if UNPINNED in legacy else legacy[0]) if legacy else None
     # SIGTERM/SIGHUP like Ctrl-C: the running scenario's `finally` stops its
     # processes and removes its TAPs, namespace and socket.
     def _interrupt(sig, frame):
@@ -1606,7 +1992,12 @@ def main():
     if any(s.get("kind") == "latency" and s["combos"] for s in S):
         build_bridge(a, outdir)
 
-    meta = {"stamp": stamp, "command": a.command, "placements": placements, "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
+    meta = {"stamp": stamp, "command": a.command, "bin": os.path.abspath(a.bin), "placements": placements,
+            "gen_cpu": a.gen_cpu,
+            "layouts": {pl: {sc["id"]: {f"{sy} / {fe}": layout(sy, fe, sc, pl, a) for sy, fe in sc["combos"]
+                                           if sy != "dpdk-peer" or pl in (FAIR, UNPINNED)}
+                             for sc in S} for pl in placements},
+            "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
             "ncpu": os.cpu_count(), "kernel": os.uname().release, "uptime_before": sh("uptime"),
             "reps": a.reps, "duration": a.duration, "warmup": a.warmup,
             "vhost_tap_help_modes": [m for m in ("backpressure", "fq-codel", "auto") if m in helptext],
@@ -1624,6 +2015,8 @@ def main():
         """The placement a run of system gets in pl's turn, None for no run
         (the DPDK peer, never pinned, runs in one turn only)."""
         if system == "dpdk-peer":
+            if pl == FAIR:
+                return FAIR
             return UNPINNED if pl == peer_pl else None
         return pl
 
@@ -1632,6 +2025,10 @@ def main():
     print(f"bench: {len(S)} scenarios, {nruns} runs "
           f"({a.reps} repetitions each{', except ' + str(other) if other else ''}) → {outdir}", flush=True)
     show = placements != [UNPINNED]
+    for pl in placements:
+        print(f"bench: placement {pl}: generator (h2g) CPU {gen_cpu(pl, a)}, guest CPU {GUEST_CPU}, "
+              f"system under test {place_cpus(pl) or 'unpinned'}, DPDK peer forwarding lcore CPU {peer_fwd_cpu(pl)}",
+              flush=True)
     results = []
     raw = open(os.path.join(outdir, "runs.jsonl"), "w")
     offered = {}
@@ -1685,6 +2082,8 @@ def main():
                     print(f"  {sc['id']:11} {who} rep {rep}: "
                           f"{(pps or 0) / 1e6:7.3f} Mpps  {us if us is not None else float('nan'):6.2f} µs/frame  "
                           f"drops daemon={r.get('daemon_drops_total', '-')} tun={r.get('tun_tail_drops_ps', 0):.0f}/s  "
+                          f"CPU% {r.get('cpu_pct') or 0:.0f}, guest {(r.get('parties_cpu_pct') or {}).get('frontend', 0):.0f}, "
+                          f"gen {(r.get('parties_cpu_pct') or {}).get('trafgen', 0):.0f}, others' {r.get('other_load_pct', float('nan')):.0f}  "
                           f"[{time.monotonic() - t:.0f} s] {status}", flush=True)
     raw.close()
     meta["uptime_after"] = sh("uptime")
@@ -1694,7 +2093,7 @@ def main():
     with open(os.path.join(outdir, "summary.json"), "w") as f:
         json.dump(agg, f, indent=1)
     keys = ["scenario", "system", "frontend", "placement", "rep", "ok", "pps", "bps", "sent_pps", "offered_pps",
-            "cpu_pct", "us_per_frame", "tun_tail_drops_ps", "qdisc_drops_ps", "daemon_drops_total", "aqm_drops_ps",
+            "cpu_pct", "us_per_frame", "other_load_pct", "tun_tail_drops_ps", "qdisc_drops_ps", "daemon_drops_total", "aqm_drops_ps",
             "peer_drops_ps", "guest_drops_ps", "tap_tx_pps", "window_s", "slow_rate",
             "ping_p50_ms", "ping_p99_ms", "ping_max_ms", "ping_loss_pct", "goodput_mbps", "flows_mbps",
             "flow_spread_pct", "tun_tail_drops", "qdisc_drops", "aqm_drops_total", "ecn_marks",
