@@ -1392,7 +1392,7 @@ def summary_md(S, agg, meta):
         gbps = sc.get("gso") or sc["size"] > 1000
         L.append("| system | frontend | " + ("placement | " if pc else "") + "Mpps (min–max) | " + ("Gbit/s | " if gbps else "") +
                  "CPU % | µs CPU/frame (min–max) | offered Mpps | tun tail drops/s | qdisc drops/s | "
-                 "daemon drops | AQM drops/s | peer drops/s | guest drops/s |")
+                 "daemon drops | AQM drops/s | peer drops/s | guest drops/s | others' CPU % |")
         L.append(sep(L[-1]))
         for g in rows:
             m, lo, hi = g["pps"]
@@ -1404,8 +1404,10 @@ def summary_md(S, agg, meta):
                      + f"{fmt(g['cpu_pct'][0], 'pct')} | {fmt(u, 'us')} ({fmt(ulo, 'us')}–{fmt(uhi, 'us')}) | "
                      f"{fmt(g['offered_pps'][0], 'Mpps')} | {fmt(g['tun_tail_drops_ps'][0])} | "
                      f"{fmt(g['qdisc_drops_ps'][0])} | {ddtxt} | {fmt(g['aqm_drops_ps'][0])} | {fmt(g['peer_drops_ps'][0])} | "
-                     f"{fmt(g['guest_drops_ps'][0])} |")
+                     f"{fmt(g['guest_drops_ps'][0])} | {mm(g.get('other_load_pct') or (None, None, None), 'pct')} |")
         L.append("")
+        L.append("others' CPU % = CPU used by processes that were not the run's own (other builds and tests on "
+                 "this shared machine), over the window, median (min–max).\n")
         L += layout_md(rows)
     L.append("## Targets\n")
     L += targets(agg)
