@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root):
 #   1. installs the test peers (QEMU 10, DPDK, trafgen, ...) if missing,
-#   2. builds the test guest from Debian packages (cached),
+#   2. builds the test guest and the Linux 7.3 test VM from Debian
+#      packages (cached),
 #   3. runs every crate's tests — the pure ones and those marked
 #      #[ignore = "needs root ..."] (real TAPs, QEMU guests, DPDK/trafgen
 #      peers) — and the loom models of the ring.
@@ -21,6 +22,8 @@ step="setting up the host (tests/setup-host.sh)"
 bash tests/setup-host.sh
 step="building the test guest (vm-images/build.sh)"
 bash vm-images/build.sh
+step="building the Linux 7.3 test VM (vm-images/k73/build.sh)"
+bash vm-images/k73/build.sh
 
 # One release build serves the unit, integration, stress and e2e tests
 # (the stress test moves 10^7 items; the e2e tests use the daemon binary).

@@ -10,6 +10,7 @@
 //! (QEMU, DPDK, trafgen): they are `#[ignore]`d with that reason, and
 //! `tests/run.sh` runs them (`--include-ignored`).
 
+pub mod k73;
 pub mod slowguest;
 
 use std::fs;

@@ -1,0 +1,582 @@
+//! "No tail drops on any kernel", on a Linux 7.3 host: the tun driver's
+//! `IFF_BACKPRESSURE` and fq_codel, in the 7.3 test VM (`vm-images/k73/`,
+//! TCG, 2 vCPUs), since this host's kernel has neither.
+//!
+//! Everything runs inside the VM, as on a 7.3 host: the daemon on TAP `vt0`
+//! with fq_codel as its root qdisc, the slow guest with a real TCP stack
+//! (vu-bridge into TAP2 in a network namespace, rate-limited; see
+//! `e2e::slowguest`), 4 bulk TCP flows (`iperf3 -P 4 -C cubic`) from the
+//! VM's root namespace into the netns and a ping every 50 ms. One boot runs
+//! every scenario (`vm-images/k73/scenarios.sh`); the tests of this file
+//! share it.
+//!
+//! Measured per mode: the tun driver's tail drops (`vt0`'s `tx_dropped`
+//! delta), the qdisc's figures (`tc -s qdisc`: backlog sampled every second,
+//! drops, ECN marks), ping p50/p99 under load, per-flow throughput and its
+//! spread, the daemon's and the bridge's counters.
+//!
+//! Expectations (issue 11):
+//! - `--mode backpressure` with `IFF_BACKPRESSURE`: no tail drops; the queue
+//!   (backlog, drops/marks) is in the qdisc; ping p99 ≥ 4× lower than with
+//!   the flag off; the 4 flows within 10 % of each other.
+//! - the same with `--iff-backpressure false`: tail drops (the baseline).
+//! - `--mode fq-codel`: no tail drops.
+//! - `--mode auto`: backpressure with fq_codel on the TAP, fq-codel with
+//!   noqueue, the reason logged, re-evaluated when a frontend connects; with
+//!   2 queue pairs every queue carries the flag.
+//!
+//! The latency and fairness bounds of the first item are not met at the
+//! daemon's defaults, for a reason the figures show; see
+//! `check_latency_fairness` and the `*-short` diagnostic scenarios (the
+//! same runs with a short tun ring and daemon ring).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use e2e::k73::{
+    build_image, max_backlog, parse_console, parse_qdisc, K73Vm, QdiscStats, ScenarioOut,
+};
+use e2e::slowguest::{
+    bridge_reports, iperf3_retransmits, iperf3_streams, loss_pct, parse_ping, percentile, spread,
+    BridgeReport,
+};
+use testkit::{reports_of, ReportExt};
+
+/// The slow guest's rate. The VM forwards about 50 Mbit/s of TCP through
+/// the daemon and an unlimited bridge on an idle host (all of it emulated
+/// on 2 vCPUs), but only 11–14 Mbit/s at 20 with the host loaded (load
+/// average 3). At 12 the bridge, not the VM's CPU, is the bottleneck, so
+/// the queue forms in front of the bridge.
+const RATE_MBIT: f64 = 12.0;
+/// Seconds of measurement (after the warm-up iperf3 leaves out).
+const SECS: u64 = 15;
+const WARMUP_S: u64 = 3;
+const FLOWS: usize = 4;
+/// The diagnostic scenario's short FIFO behind the qdisc: tun ring and
+/// daemon ring (the bridge's 32 buffers stay).
+const SHORT_TXQUEUELEN: u32 = 64;
+const SHORT_RING: u32 = 32;
+/// The daemon's defaults (docs/queueing.md): txqueuelen 1000, ring 256; the
+/// bridge's RX buffers 32.
+const DEFAULT_FIFO_FRAMES: u64 = 1000 + 256 + 32;
+
+/// Issue 11's bounds.
+const P99_RATIO_MIN: f64 = 4.0;
+const SPREAD_MAX: f64 = 0.10;
+
+/// The measured scenarios: name, daemon arguments, what it is.
+const MEASURED: &[(&str, &str, &str)] = &[
+    (
+        "bp-on",
+        "--mode backpressure",
+        "backpressure, IFF_BACKPRESSURE",
+    ),
+    (
+        "bp-off",
+        "--mode backpressure --iff-backpressure false",
+        "backpressure, flag off",
+    ),
+    ("fq", "--mode fq-codel", "fq-codel"),
+    (
+        "bp-on-short",
+        "--mode backpressure --txqueuelen 64 --ring-size 32",
+        "backpressure, IFF_BACKPRESSURE, short FIFO",
+    ),
+    (
+        "bp-off-short",
+        "--mode backpressure --txqueuelen 64 --ring-size 32 --iff-backpressure false",
+        "backpressure, flag off, short FIFO",
+    ),
+];
+
+/// The one boot's results, shared by the tests.
+struct Run {
+    scenarios: BTreeMap<String, ScenarioOut>,
+    wall_s: f64,
+}
+
+/// The boot's results, or why there are none (the first test to fail to
+/// boot says it; the others fail at once with the same message).
+static RUN: Mutex<Option<Result<Run, String>>> = Mutex::new(None);
+
+fn calls() -> String {
+    let mut s = String::new();
+    for (name, args, _) in MEASURED {
+        s.push_str(&format!(
+            "k73_measured {name} {RATE_MBIT} {SECS} {WARMUP_S} {FLOWS} {args}\n"
+        ));
+    }
+    for f in [
+        "k73_auto_created",
+        "k73_auto_noqueue",
+        "k73_auto_to_noqueue",
+        "k73_two_queues",
+    ] {
+        s.push_str(&format!("{f} {RATE_MBIT}\n"));
+    }
+    s
+}
+
+/// Boots the VM and runs every scenario.
+fn boot_and_run() -> Result<Run, String> {
+    build_image();
+    let mut vm = K73Vm::boot(&calls());
+    let per = SECS + WARMUP_S + 30;
+    let text = vm.finish(Duration::from_secs(120 + per * MEASURED.len() as u64))?;
+    let wall_s = vm.elapsed();
+    let scenarios = parse_console(&text);
+    let mut errs = Vec::new();
+    for (name, sc) in &scenarios {
+        for e in sc.errors() {
+            errs.push(format!("{name}: {e}"));
+        }
+    }
+    if !errs.is_empty() {
+        let logs: Vec<String> = scenarios
+            .iter()
+            .map(|(n, s)| {
+                format!(
+                    "---- {n} daemon log\n{}---- {n} bridge log\n{}",
+                    s.file("daemon-log"),
+                    s.file("bridge-log")
+                )
+            })
+            .collect();
+        return Err(format!(
+            "scenarios failed in the 7.3 VM: {}\n{}",
+            errs.join("; "),
+            logs.join("\n")
+        ));
+    }
+    Ok(Run { scenarios, wall_s })
+}
+
+/// The boot's results (booting the VM the first time); panics if it failed.
+fn run() -> MutexGuard<'static, Option<Result<Run, String>>> {
+    let mut g = RUN.lock().unwrap_or_else(|e| e.into_inner());
+    if g.is_none() {
+        // SHORT_* are in MEASURED's text: keep them in step.
+        assert!(MEASURED[3].1.contains(&format!(
+            "--txqueuelen {SHORT_TXQUEUELEN} --ring-size {SHORT_RING}"
+        )));
+        *g = Some(boot_and_run());
+    }
+    if let Some(Err(e)) = g.as_ref() {
+        panic!("{e}");
+    }
+    g
+}
+
+/// The run of a guard [`run`] returned.
+fn the(g: &Option<Result<Run, String>>) -> &Run {
+    g.as_ref().unwrap().as_ref().unwrap()
+}
+
+/// One measured scenario's figures.
+#[derive(Debug, Clone)]
+struct Load {
+    name: String,
+    what: String,
+    tun_flags: u64,
+    tail_drops: u64,
+    tap_tx_packets: u64,
+    /// The qdisc over the run (after − before; backlog: at the end).
+    qdisc: QdiscStats,
+    /// The highest sampled qdisc backlog (packets, bytes).
+    backlog_max: (u64, u64),
+    ping_tx: u64,
+    ping_rx: u64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    flows: Vec<f64>,
+    retransmits: Option<u64>,
+    /// The daemon's exit report, summed over queues.
+    daemon: BTreeMap<String, u64>,
+    bridge: BridgeReport,
+}
+
+impl Load {
+    fn of(name: &str, what: &str, sc: &ScenarioOut) -> Load {
+        let num = |k: &str| {
+            sc.num(k)
+                .unwrap_or_else(|| panic!("{name}: no `{k}` from the VM: {:?}", sc.values))
+        };
+        let before = parse_qdisc(sc.file("qdisc-before"));
+        let after = parse_qdisc(sc.file("qdisc-after"));
+        let (rtts, ping_tx, ping_rx) = parse_ping(sc.file("ping"));
+        assert!(
+            !rtts.is_empty(),
+            "{name}: no ping reply under load:\n{}",
+            sc.file("ping")
+        );
+        let json = sc.file("iperf3");
+        let flows = iperf3_streams(json)
+            .unwrap_or_else(|e| panic!("{name}: iperf3 gave no per-stream figures: {e}\n{json}"))
+            .into_iter()
+            .map(|b| b / 1e6)
+            .collect();
+        let report = reports_of(sc.file("daemon-log"), "vt0")
+            .into_iter()
+            .next_back()
+            .unwrap_or_else(|| panic!("{name}: no daemon report:\n{}", sc.file("daemon-log")));
+        let bridge = bridge_reports(sc.file("bridge-log"))
+            .into_iter()
+            .rev()
+            .find(|r| r.event == "exit")
+            .unwrap_or_default();
+        Load {
+            name: name.to_string(),
+            what: what.to_string(),
+            tun_flags: hex(sc.get("tun_flags_connected").unwrap_or("")),
+            tail_drops: num("tail_drops"),
+            tap_tx_packets: num("tap_tx_packets"),
+            qdisc: QdiscStats {
+                sent_pkts: after.sent_pkts - before.sent_pkts.min(after.sent_pkts),
+                dropped: after.dropped - before.dropped.min(after.dropped),
+                ecn_mark: after.ecn_mark - before.ecn_mark.min(after.ecn_mark),
+                drop_overlimit: after.drop_overlimit
+                    - before.drop_overlimit.min(after.drop_overlimit),
+                ..after
+            },
+            backlog_max: max_backlog(sc.file("qdisc-samples")),
+            ping_tx,
+            ping_rx,
+            p50: percentile(&rtts, 50.0),
+            p99: percentile(&rtts, 99.0),
+            max: percentile(&rtts, 100.0),
+            flows,
+            retransmits: iperf3_retransmits(json),
+            daemon: report.summed(),
+            bridge,
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.flows.iter().sum()
+    }
+
+    fn d(&self, k: &str) -> u64 {
+        self.daemon.get(k).copied().unwrap_or(0)
+    }
+}
+
+fn hex(s: &str) -> u64 {
+    u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap_or(0)
+}
+
+fn loads(run: &Run) -> BTreeMap<&'static str, Load> {
+    MEASURED
+        .iter()
+        .map(|(name, _, what)| {
+            let sc = run
+                .scenarios
+                .get(*name)
+                .unwrap_or_else(|| panic!("scenario {name} printed nothing"));
+            (*name, Load::of(name, what, sc))
+        })
+        .collect()
+}
+
+/// The lines of a daemon log that mention the mode (printed, and checked);
+/// not the counter reports, which name it in every line.
+fn mode_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.to_ascii_lowercase().contains("mode") && !l.contains("counters-json"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// Mode lines after the first "frontend connected" line.
+fn mode_lines_after_connect(log: &str) -> Vec<String> {
+    let Some(at) = log.find("frontend connected") else {
+        return Vec::new();
+    };
+    mode_lines(&log[at..])
+        .into_iter()
+        .filter(|l| !l.contains("frontend connected"))
+        .collect()
+}
+
+/// Milliseconds `frames` MTU frames take at the bridge's rate.
+fn fifo_ms(frames: u64) -> f64 {
+    frames as f64 * 1514.0 * 8.0 / (RATE_MBIT * 1e3)
+}
+
+fn print_table(run: &Run, l: &BTreeMap<&str, Load>) {
+    let mut t = format!(
+        "\n==== Linux 7.3 VM (TCG): {FLOWS} TCP (cubic) flows + ping every 50 ms, slow guest at {RATE_MBIT} Mbit/s, {SECS} s (+{WARMUP_S} s warm-up); boot {:.0} s wall ====\n",
+        run.wall_s
+    );
+    t.push_str(&format!(
+        "{:<12} {:<42} {:>6} {:>10} {:>7} {:>13} {:>7} {:>5} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>6}  {}\n",
+        "scenario", "", "flags", "tail drops", "tap tx", "qdisc backlog", "q.drops", "ecn", "p50", "p99", "max",
+        "loss", "Mbit/s", "spread", "retr", "per-flow Mbit/s"
+    ));
+    for m in l.values() {
+        t.push_str(&format!(
+            "{:<12} {:<42} {:>6x} {:>10} {:>7} {:>6}p {:>4}KB {:>7} {:>5} {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>5.1}% {:>7.1} {:>6.1}% {:>6}  {}\n",
+            m.name,
+            m.what,
+            m.tun_flags,
+            m.tail_drops,
+            m.tap_tx_packets,
+            m.backlog_max.0,
+            m.backlog_max.1 / 1024,
+            m.qdisc.dropped,
+            m.qdisc.ecn_mark,
+            m.p50,
+            m.p99,
+            m.max,
+            loss_pct(m.ping_tx, m.ping_rx),
+            m.total(),
+            100.0 * spread(&m.flows),
+            m.retransmits.map(|r| r.to_string()).unwrap_or_default(),
+            m.flows.iter().map(|f| format!("{f:.2}")).collect::<Vec<_>>().join(" "),
+        ));
+    }
+    for m in l.values() {
+        t.push_str(&format!(
+            "{:<12} daemon: frames to guest {}, ring high water {}, reader stops {}, codel drops {}, ecn marks {}, dropped {}; \
+             bridge: rx_frames {} refused {} rate_waits {}\n",
+            m.name,
+            m.d("rx_frames"),
+            m.d("rx_ring_high_water"),
+            m.d("rx_reader_stops"),
+            m.d("rx_aqm_codel_drops"),
+            m.d("rx_aqm_ecn_marks"),
+            m.daemon
+                .iter()
+                .filter(|(k, _)| k.contains("_dropped_"))
+                .map(|(_, v)| v)
+                .sum::<u64>(),
+            m.bridge.get("rx_frames").unwrap_or(0),
+            m.bridge.get("refused").map(|r| r.to_string()).unwrap_or_else(|| "?".into()),
+            m.bridge.get("rate_waits").unwrap_or(0),
+        ));
+    }
+    t.push_str(&format!(
+        "FIFO behind the qdisc at the defaults: txqueuelen 1000 + daemon ring 256 + bridge 32 = {DEFAULT_FIFO_FRAMES} frames = {:.0} ms at {RATE_MBIT} Mbit/s; \
+         short ({SHORT_TXQUEUELEN} + {SHORT_RING} + 32): {:.0} ms\n",
+        fifo_ms(DEFAULT_FIFO_FRAMES),
+        fifo_ms(SHORT_TXQUEUELEN as u64 + SHORT_RING as u64 + 32)
+    ));
+    for (name, sc) in &run.scenarios {
+        if MEASURED.iter().any(|(n, _, _)| n == name) {
+            continue;
+        }
+        t.push_str(&format!(
+            "{name:<16} tun_flags listening {} connected {}; qdisc at start: {}\n",
+            sc.get("tun_flags_listening").unwrap_or("?"),
+            sc.get("tun_flags_connected").unwrap_or("?"),
+            sc.get("qdisc_listening").unwrap_or("?"),
+        ));
+        for line in mode_lines(sc.file("daemon-log")) {
+            t.push_str(&format!("{:<16}   {line}\n", ""));
+        }
+    }
+    eprintln!("{t}");
+}
+
+/// Backpressure mode with the flag: the flag is on, the tun driver drops
+/// nothing, and the qdisc holds the queue. The failures.
+fn check_queue_in_qdisc(on: &Load) -> Vec<String> {
+    let mut f = Vec::new();
+    if on.tun_flags & 0x80 == 0 {
+        f.push(format!(
+            "tun_flags {:#x} lacks IFF_BACKPRESSURE (0x80)",
+            on.tun_flags
+        ));
+    }
+    if on.tail_drops != 0 {
+        f.push(format!("tun tail drops {} (expected 0)", on.tail_drops));
+    }
+    if on.backlog_max.0 == 0 && on.qdisc.dropped + on.qdisc.ecn_mark == 0 {
+        f.push(
+            "the qdisc never held a backlog nor dropped/marked: the queue is not in the qdisc"
+                .into(),
+        );
+    }
+    f
+}
+
+/// Issue 11's latency and fairness bounds for backpressure mode with the
+/// flag, against the same run with the flag off. The failures.
+///
+/// Why they fail at the daemon's defaults (the `*-short` scenarios show
+/// it): with `IFF_BACKPRESSURE` the kernel stops the netdev queue only when
+/// the tun ring (txqueuelen frames) is full, and wakes it at half. Behind
+/// the qdisc there is then the same FIFO as without the flag: the tun ring,
+/// the daemon's ring and the guest's buffers (`DEFAULT_FIFO_FRAMES`). A ping
+/// that fq_codel sends first still waits behind all of it, so its p99 is
+/// that FIFO's drain time with or without the flag, and the flows share
+/// that FIFO in arrival order, not by fq_codel's DRR. Shrinking the FIFO
+/// (`bp-on-short`) lowers the p99 by as much, but it does so with the flag
+/// off too (`bp-off-short`).
+fn check_latency_fairness(on: &Load, off: &Load) -> Vec<String> {
+    let mut f = Vec::new();
+    if on.p99.is_nan() || off.p99 < P99_RATIO_MIN * on.p99 {
+        f.push(format!(
+            "ping p99 {:.1} ms, only {:.2}× lower than with the flag off ({:.1} ms; want ≥ {P99_RATIO_MIN}×): \
+             both wait behind the FIFO after the qdisc (tun ring + daemon ring + guest buffers = \
+             {DEFAULT_FIFO_FRAMES} frames = {:.0} ms at {RATE_MBIT} Mbit/s)",
+            on.p99,
+            off.p99 / on.p99,
+            off.p99,
+            fifo_ms(DEFAULT_FIFO_FRAMES)
+        ));
+    }
+    if spread(&on.flows) > SPREAD_MAX {
+        f.push(format!(
+            "flows not within {:.0} %: {:?} Mbit/s (spread {:.1} %): they share the FIFO after the qdisc in arrival order",
+            SPREAD_MAX * 100.0,
+            on.flows,
+            100.0 * spread(&on.flows)
+        ));
+    }
+    f
+}
+
+#[test]
+#[ignore = "needs root, QEMU and the 7.3 VM (vm-images/k73): run by tests/run.sh"]
+fn k73_backpressure_flag_off_tail_drops() {
+    let g = run();
+    let run = the(&g);
+    let l = loads(run);
+    print_table(run, &l);
+    let off = &l["bp-off"];
+    assert_eq!(
+        off.tun_flags & 0x80,
+        0,
+        "--iff-backpressure false: tun_flags {:#x} has 0x80",
+        off.tun_flags
+    );
+    assert!(
+        off.tail_drops > 0,
+        "flag off on 7.3: expected tun tail drops (tx_dropped > 0), got 0"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and the 7.3 VM (vm-images/k73): run by tests/run.sh"]
+fn k73_fq_codel_mode_no_tail_drops() {
+    let g = run();
+    let run = the(&g);
+    let l = loads(run);
+    print_table(run, &l);
+    let fq = &l["fq"];
+    assert_eq!(
+        fq.tail_drops, 0,
+        "fq-codel mode on 7.3: the tun driver tail-dropped"
+    );
+    assert_eq!(
+        fq.d("rx_reader_stops"),
+        0,
+        "fq-codel mode: the TAP reader stopped (the ring is only a hand-off there)"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and the 7.3 VM (vm-images/k73): run by tests/run.sh"]
+fn k73_backpressure_flag_on_queue_in_the_qdisc() {
+    let g = run();
+    let run = the(&g);
+    let l = loads(run);
+    print_table(run, &l);
+    let fails = check_queue_in_qdisc(&l["bp-on"]);
+    assert!(
+        fails.is_empty(),
+        "backpressure mode with IFF_BACKPRESSURE: {}",
+        fails.join("; ")
+    );
+}
+
+/// Issue 11's bounds as written. They are not met at the daemon's defaults:
+/// see `check_latency_fairness` for why, and the table's `*-short` rows.
+#[test]
+#[ignore = "needs root, QEMU and the 7.3 VM (vm-images/k73): run by tests/run.sh"]
+fn k73_backpressure_flag_on_latency_and_fairness() {
+    let g = run();
+    let run = the(&g);
+    let l = loads(run);
+    print_table(run, &l);
+    let fails = check_latency_fairness(&l["bp-on"], &l["bp-off"]);
+    assert!(
+        fails.is_empty(),
+        "backpressure mode with IFF_BACKPRESSURE (bp-on-short p99 {:.1} ms, bp-off-short {:.1} ms): {}",
+        l["bp-on-short"].p99,
+        l["bp-off-short"].p99,
+        fails.join("; ")
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and the 7.3 VM (vm-images/k73): run by tests/run.sh"]
+fn k73_auto_mode_and_two_queues() {
+    let g = run();
+    let run = the(&g);
+    let mut fails = Vec::new();
+    let sc = |n: &str| run.scenarios.get(n).cloned().unwrap_or_default();
+    let log = |n: &str| sc(n).file("daemon-log").to_string();
+    let start_has = |n: &str, want: &str| mode_lines(&log(n)).iter().any(|l| l.contains(want));
+
+    // The daemon creates the TAP: 7.3's default qdisc fq_codel → backpressure.
+    if !start_has("auto-created", "mode backpressure (auto:") {
+        fails.push(format!(
+            "auto-created: no `mode backpressure (auto: ...)`: {:?}",
+            mode_lines(&log("auto-created"))
+        ));
+    }
+    // noqueue at start → fq-codel; fq_codel before the connect → backpressure.
+    if !start_has("auto-noqueue", "mode fq-codel (auto:") {
+        fails.push(format!(
+            "auto-noqueue: no `mode fq-codel (auto: ...)` at start: {:?}",
+            mode_lines(&log("auto-noqueue"))
+        ));
+    }
+    if !mode_lines_after_connect(&log("auto-noqueue"))
+        .iter()
+        .any(|l| l.contains("backpressure"))
+    {
+        fails.push(format!(
+            "auto-noqueue: fq_codel was set before the frontend connected, but no mode line after the connect names backpressure: {:?}",
+            mode_lines(&log("auto-noqueue"))
+        ));
+    }
+    // fq_codel at start → backpressure; noqueue before the connect → fq-codel.
+    if !start_has("auto-to-noqueue", "mode backpressure (auto:") {
+        fails.push(format!(
+            "auto-to-noqueue: no `mode backpressure (auto: ...)` at start: {:?}",
+            mode_lines(&log("auto-to-noqueue"))
+        ));
+    }
+    if !mode_lines_after_connect(&log("auto-to-noqueue"))
+        .iter()
+        .any(|l| l.contains("fq-codel"))
+    {
+        fails.push(format!(
+            "auto-to-noqueue: noqueue was set before the frontend connected, but no mode line after the connect names fq-codel: {:?}",
+            mode_lines(&log("auto-to-noqueue"))
+        ));
+    }
+    // Two queue pairs: mq of fq_codel → backpressure, and the flag on every queue.
+    let q2 = sc("two-queues");
+    if !start_has("two-queues", "mode backpressure (auto:") {
+        fails.push(format!(
+            "two-queues: no `mode backpressure (auto: ...)`: {:?}",
+            mode_lines(&log("two-queues"))
+        ));
+    }
+    for k in ["tun_flags_listening", "tun_flags_connected"] {
+        let f = hex(q2.get(k).unwrap_or(""));
+        if f & 0x80 == 0 || f & 0x100 == 0 {
+            fails.push(format!(
+                "two-queues: {k} {f:#x}: want IFF_MULTI_QUEUE (0x100) and IFF_BACKPRESSURE (0x80)"
+            ));
+        }
+    }
+    let l = loads(run);
+    print_table(run, &l);
+    assert!(fails.is_empty(), "auto mode: {}", fails.join("; "));
+}
