@@ -8,6 +8,11 @@
 #   bash bench/run.sh --profile       # short run with `perf record` of the daemon
 #   bash bench/run.sh --micro         # divan micro-benchmarks only
 #   bash bench/run.sh --reps 5 --duration 20 --scenarios h2g-64,g2h-64 --systems vhost-tap,bare
+#   bash bench/run.sh --scenarios h2g-64,g2h-64 --placements fair,unpinned  # own cores vs the old shared harness
+#
+# Placement (bench.py --placements, default fair): the guest on CPU 1, the
+# system under test (daemon, bare-tap, the DPDK peer's forwarding lcore) on
+# CPU 0, host->guest trafgen with the guest; see bench/README.md.
 #
 # Installs what it needs (tests/setup-host.sh: DPDK, netsniff-ng, ...; plus
 # python3-matplotlib and linux-perf), builds release binaries into
