@@ -96,6 +96,8 @@ pub struct Daemon {
     /// Every device's (socket, TAP).
     devices: Vec<(PathBuf, String)>,
     exit: Option<ExitStatus>,
+    /// `--client`: the sockets are the frontend's, not the daemon's.
+    client: bool,
 }
 
 impl Daemon {
@@ -179,16 +181,26 @@ impl Daemon {
             args,
             devices,
             exit: None,
+            client: false,
         };
+        d.client = d.args.iter().any(|a| a == "--client");
         d.wait_listening();
         d
     }
 
-    /// Wait until every socket exists; panics with the log if the daemon
+    /// Wait until every socket exists (in client mode, where the sockets
+    /// are the frontend's: every TAP); panics with the log if the daemon
     /// exits first or takes too long. Then quiets the TAPs.
     fn wait_listening(&mut self) {
         let up = wait_for(LISTEN_TIMEOUT, || {
-            if self.devices.iter().all(|(s, _)| s.exists()) {
+            let ready = |(s, t): &(PathBuf, String)| {
+                if self.client {
+                    crate::tap_exists(t)
+                } else {
+                    s.exists()
+                }
+            };
+            if self.devices.iter().all(ready) {
                 return Some(true);
             }
             (!self.alive()).then_some(false)
@@ -258,7 +270,8 @@ impl Daemon {
             _ => self.exit,
         };
         // SIGTERM removes the sockets; a SIGKILLed daemon would leave them.
-        for (s, _) in &self.devices {
+        // (In client mode they are the frontend's: left alone.)
+        for (s, _) in self.devices.iter().filter(|_| !self.client) {
             let _ = fs::remove_file(s);
         }
         let child = spawn(&self.bin, &self.args, &self.log);

@@ -35,6 +35,9 @@ pub struct DeviceConfig {
     pub socket: PathBuf,
     /// Owner, group and mode of the socket file.
     pub socket_access: SocketAccess,
+    /// Client mode: the frontend listens on `socket` and the daemon
+    /// connects (and reconnects) to it.
+    pub client: bool,
     /// The device as the backend runs it: `name` is the TAP's name, `mode`
     /// the mode asked for (`Auto` is resolved when the TAP is open).
     pub device: DeviceSettings,
@@ -90,6 +93,7 @@ pub struct RawDevice {
     pub socket_owner: Option<Spanned<String>>,
     pub socket_group: Option<Spanned<String>>,
     pub socket_mode: Option<Spanned<String>>,
+    pub client: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,9 +310,23 @@ impl RawDevice {
                 None => None,
             },
         };
+        let client = self.client.as_ref().is_some_and(|v| *v.get_ref());
+        if client && socket_access != SocketAccess::default() {
+            let span = [&self.socket_owner, &self.socket_group, &self.socket_mode]
+                .into_iter()
+                .flatten()
+                .map(|v| v.span())
+                .next();
+            return Err(o.err(
+                span,
+                "client",
+                "in client mode the socket is the frontend's: socket_owner, socket_group and socket_mode do not apply".into(),
+            ));
+        }
         Ok(DeviceConfig {
             socket: socket.get_ref().clone(),
             socket_access,
+            client,
             device: DeviceSettings {
                 name: name.clone(),
                 queue_pairs: queues,
@@ -567,6 +585,18 @@ mod tests {
             assert_eq!(e.line, Some(4), "{e}");
             assert!(e.to_string().contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn client_mode_refuses_socket_permissions() {
+        let dev = "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\nclient = true\n";
+        assert!(parse(dev).unwrap()[0].client);
+        let e = parse(&format!("{dev}socket_mode = \"0660\"\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(5), Some("client")));
+        assert!(
+            e.to_string().contains("the socket is the frontend's"),
+            "{e}"
+        );
     }
 
     #[test]

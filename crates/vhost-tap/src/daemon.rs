@@ -138,7 +138,7 @@ fn start(d: &DeviceConfig, dir: &Path) -> Result<Running, StartError> {
     let server = DeviceServer::new(
         device,
         d.socket.clone(),
-        &d.socket_access,
+        (!d.client).then_some(&d.socket_access),
         stop.clone(),
         dir.to_path_buf(),
     )

@@ -72,6 +72,10 @@ struct Cli {
     /// Mode of the socket file, octal (e.g. 0660; default: 0777 minus the umask).
     #[arg(long, value_name = "MODE")]
     socket_mode: Option<String>,
+    /// Client mode: connect to the frontend's socket (QEMU's
+    /// `-chardev socket,server=on,wait=off`) and reconnect when it restarts.
+    #[arg(long)]
+    client: bool,
     /// Serve Prometheus metrics at ADDR (127.0.0.1:9101, [::1]:9101 or
     /// unix:PATH; GET /metrics). Overrides the config file's `metrics`.
     #[arg(long, value_name = "ADDR")]
@@ -129,6 +133,7 @@ fn cli_device(cli: &Cli) -> Result<DeviceConfig, StartError> {
         socket_owner: cli.socket_owner.clone().and_then(s),
         socket_group: cli.socket_group.clone().and_then(s),
         socket_mode: cli.socket_mode.clone().and_then(s),
+        client: s(cli.client),
     };
     Ok(raw.check_cli()?)
 }

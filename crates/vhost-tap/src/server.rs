@@ -46,6 +46,9 @@ pub enum ServerError {
     Relay(#[from] relay::RelayError),
 }
 
+/// Longest wait between two connection attempts in client mode.
+const MAX_BACKOFF_MS: i32 = 2000;
+
 /// Stops one device server: set, then the server's eventfd is written
 /// ([`DeviceServer::interrupt`]).
 pub struct Stop {
@@ -70,7 +73,8 @@ impl Stop {
 pub struct DeviceServer {
     pub device: Arc<Device>,
     socket: PathBuf,
-    listener: UnixListener,
+    /// `None` in client mode (the frontend listens, the daemon connects).
+    listener: Option<UnixListener>,
     wake: EventFd,
     stop: Arc<Stop>,
     /// The frontend connection being served, to cut it at shutdown.
@@ -123,17 +127,26 @@ fn remove_stale_private_dirs(tmp: &Path) {
 }
 
 impl DeviceServer {
+    /// Listen on `socket` (server mode), or with `access == None` connect
+    /// to it as a client (the frontend listens; client mode).
     pub fn new(
         device: Arc<Device>,
         socket: PathBuf,
-        access: &SocketAccess,
+        access: Option<&SocketAccess>,
         stop: Arc<Stop>,
         private_dir: PathBuf,
     ) -> Result<DeviceServer, ServerError> {
-        let listener = socket::bind(&socket, access).map_err(|source| ServerError::Listen {
-            path: socket.clone(),
-            source,
-        })?;
+        let listener = match access {
+            Some(access) => {
+                Some(
+                    socket::bind(&socket, access).map_err(|source| ServerError::Listen {
+                        path: socket.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         Ok(DeviceServer {
             device,
             socket,
@@ -187,15 +200,70 @@ impl DeviceServer {
         self.leave.store(true, Ordering::SeqCst);
     }
 
-    /// Wait for a frontend or a stop; `None` on stop.
+    /// Wait until the wake eventfd is written or `timeout_ms` passed (-1: forever).
+    fn wait_wake(&self, timeout_ms: i32) -> io::Result<()> {
+        let mut fd = libc::pollfd {
+            fd: self.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `fd` is one live pollfd struct.
+        let r = unsafe { libc::poll(&mut fd, 1, timeout_ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        if fd.revents != 0 {
+            let _ = self.wake.read();
+        }
+        Ok(())
+    }
+
+    /// Client mode: connect to the frontend's socket, retrying with
+    /// backoff (50 ms doubling to 2 s) while it is missing or refuses, so
+    /// that either side may restart; `None` on stop.
+    fn connect(&self) -> io::Result<Option<UnixStream>> {
+        let mut delay_ms = 50;
+        let mut waiting = false;
+        loop {
+            if self.stop.requested() {
+                return Ok(None);
+            }
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => return Ok(Some(s)),
+                Err(e) if !waiting => {
+                    info!(
+                        "{}: waiting for the frontend's socket {} ({e}); retrying every {} s at most",
+                        self.name(),
+                        self.socket.display(),
+                        MAX_BACKOFF_MS / 1000
+                    );
+                    waiting = true;
+                }
+                Err(_) => {}
+            }
+            self.wait_wake(delay_ms)?;
+            delay_ms = (delay_ms * 2).min(MAX_BACKOFF_MS);
+        }
+    }
+
+    /// Wait for a frontend (accept, or connect in client mode) or a stop;
+    /// `None` on stop.
     fn accept(&self) -> io::Result<Option<UnixStream>> {
+        let Some(listener) = &self.listener else {
+            return self.connect();
+        };
         loop {
             if self.stop.requested() {
                 return Ok(None);
             }
             let mut fds = [
                 libc::pollfd {
-                    fd: self.listener.as_raw_fd(),
+                    fd: listener.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -219,7 +287,7 @@ impl DeviceServer {
                 continue;
             }
             if fds[0].revents != 0 {
-                let (s, _) = self.listener.accept()?;
+                let (s, _) = listener.accept()?;
                 return Ok(Some(s));
             }
         }
@@ -227,9 +295,15 @@ impl DeviceServer {
 
     /// Serve frontends one after the other until stopped.
     pub fn run(&self) {
+        let client = self.listener.is_none();
         info!(
-            "{}: listening on {} (TAP {}, {} queue pair(s))",
+            "{}: {} {} (TAP {}, {} queue pair(s))",
             self.name(),
+            if client {
+                "client mode, connecting to"
+            } else {
+                "listening on"
+            },
             self.socket.display(),
             self.device.tap.name(),
             self.device.settings.queue_pairs
@@ -240,8 +314,9 @@ impl DeviceServer {
                 Ok(None) => break,
                 Err(e) => {
                     error!(
-                        "{}: accept on {} failed: {e}",
+                        "{}: {} {} failed: {e}",
                         self.name(),
+                        if client { "connecting to" } else { "accept on" },
                         self.socket.display()
                     );
                     break;
@@ -266,6 +341,8 @@ impl DeviceServer {
                     self.name(),
                     if leave {
                         "the changed configuration applies now"
+                    } else if client {
+                        "connecting again"
                     } else {
                         "listening again"
                     }
@@ -277,7 +354,10 @@ impl DeviceServer {
                 break;
             }
         }
-        let _ = std::fs::remove_file(&self.socket);
+        if !client {
+            // The socket is ours only when we listen; in client mode it is the frontend's.
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 
     fn serve_connection(&self, front: UnixStream, n: u64) -> Result<(), ServerError> {
