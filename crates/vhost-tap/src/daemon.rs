@@ -101,6 +101,9 @@ pub fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
     Ok(device)
 }
 
+/// Threads that stop devices side by side at shutdown.
+const TEARDOWN_THREADS: usize = 32;
+
 /// One device being served.
 struct Running {
     config: DeviceConfig,
@@ -342,9 +345,31 @@ impl Devices {
             r.stop.request();
             r.server.interrupt();
         }
-        for r in self.running.drain(..) {
-            r.stop(ReportEvent::Exit, "final counters");
-        }
+        // Closing a created TAP waits for an RCU barrier in the kernel
+        // (~15 ms each): up to TEARDOWN_THREADS threads take devices from
+        // one list; this thread works the list too, so nothing is left
+        // should no thread start.
+        let n = self.running.len();
+        let queue = std::sync::Mutex::new(std::mem::take(&mut self.running));
+        let work = || loop {
+            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match next {
+                Some(r) => r.stop(ReportEvent::Exit, "final counters"),
+                None => break,
+            }
+        };
+        thread::scope(|scope| {
+            for _ in 1..n.min(TEARDOWN_THREADS) {
+                if let Err(e) = thread::Builder::new()
+                    .name("teardown".into())
+                    .spawn_scoped(scope, work)
+                {
+                    warn!("cannot start a teardown thread: {e}");
+                    break;
+                }
+            }
+            work();
+        });
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
