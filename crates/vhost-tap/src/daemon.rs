@@ -121,8 +121,12 @@ impl Running {
 
     /// Stop the server (cutting a connected frontend), wait for its
     /// thread, and count what its rings still held. Dropping the server
-    /// then closes the TAP (a created one disappears).
-    fn stop(self, event: ReportEvent, title: &str) {
+    /// then closes the TAP (a created one disappears): the metrics forget
+    /// it first, and a scrape still holding it is waited for (up to 2 s),
+    /// so that the TAP is closed when this returns and a restart can open
+    /// it again.
+    fn stop(self, exporter: &Exporter, event: ReportEvent, title: &str) {
+        exporter.remove(&self.server);
         self.stop.request();
         self.server.interrupt();
         let _ = self.thread.join();
@@ -131,6 +135,17 @@ impl Running {
             device.pair(i).drop_ring_at_shutdown();
         }
         device.log_report(event, title);
+        let gone = Arc::downgrade(device);
+        let name = self.config.device.name.clone();
+        drop(self.server);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while gone.strong_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                warn!("{name}: the device is still referenced 2 s after its stop; its TAP stays open until then");
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 
@@ -240,6 +255,7 @@ impl Devices {
         for r in removed {
             let name = r.name().to_string();
             r.stop(
+                &self.exporter,
                 ReportEvent::Exit,
                 &format!("{name}: removed by the reload; final counters"),
             );
@@ -297,6 +313,7 @@ impl Devices {
         let old = r.config.clone();
         let name = old.device.name.clone();
         r.stop(
+            &self.exporter,
             ReportEvent::Exit,
             &format!("{name}: restarting with the changed configuration; counters"),
         );
@@ -354,7 +371,7 @@ impl Devices {
         let work = || loop {
             let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match next {
-                Some(r) => r.stop(ReportEvent::Exit, "final counters"),
+                Some(r) => r.stop(&self.exporter, ReportEvent::Exit, "final counters"),
                 None => break,
             }
         };

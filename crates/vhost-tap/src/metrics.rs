@@ -83,6 +83,14 @@ impl Exporter {
         *self.servers.lock().unwrap_or_else(|p| p.into_inner()) = servers;
     }
 
+    /// Forget one device (it is being stopped: its TAP must close).
+    pub fn remove(&self, server: &Arc<DeviceServer>) {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, server));
+    }
+
     fn servers(&self) -> Vec<Arc<DeviceServer>> {
         self.servers
             .lock()
