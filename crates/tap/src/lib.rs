@@ -372,6 +372,40 @@ impl Tap {
         Ok(())
     }
 
+    /// Set `txqueuelen`, the size of the tun driver's ring.
+    pub fn set_txqueuelen(&self, len: u32) -> Result<(), Error> {
+        let sock = sys::control_socket().map_err(|source| Error::ControlSocket {
+            name: self.name.clone(),
+            source,
+        })?;
+        self.set_txqueuelen_on(&sock, len)
+    }
+
+    /// `txqueuelen` now (`/sys/class/net/NAME/tx_queue_len`).
+    pub fn txqueuelen(&self) -> Result<u32, Error> {
+        let path = Path::new(SYS_CLASS_NET)
+            .join(&self.name)
+            .join("tx_queue_len");
+        let text = read_sysfs(&self.name, &path)?;
+        text.parse().map_err(|_| Error::ParseSysfs {
+            name: self.name.clone(),
+            path,
+            value: text,
+        })
+    }
+
+    fn set_txqueuelen_on(&self, sock: &std::os::fd::OwnedFd, len: u32) -> Result<(), Error> {
+        let mut req = sys::IfReq::new(&self.name);
+        req.set_int(len.min(i32::MAX as u32) as i32);
+        sys::if_ioctl(sock, sys::IfIoctl::SetTxQueueLen, &mut req).map_err(|source| {
+            Error::SetTxQueueLen {
+                name: self.name.clone(),
+                len,
+                source,
+            }
+        })
+    }
+
     /// `/sys/class/net/NAME/statistics/tx_dropped`: frames the host tried
     /// to send to the guest that the tun driver dropped (ring full).
     pub fn tx_dropped(&self) -> Result<u64, Error> {
@@ -454,15 +488,7 @@ impl Tap {
             source,
         })?;
         if let Some(len) = txqueuelen {
-            let mut req = sys::IfReq::new(name);
-            req.set_int(len.min(i32::MAX as u32) as i32);
-            sys::if_ioctl(&sock, sys::IfIoctl::SetTxQueueLen, &mut req).map_err(|source| {
-                Error::SetTxQueueLen {
-                    name: name.clone(),
-                    len,
-                    source,
-                }
-            })?;
+            self.set_txqueuelen_on(&sock, len)?;
         }
         if let Some(mtu) = mtu {
             let mut req = sys::IfReq::new(name);

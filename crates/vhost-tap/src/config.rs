@@ -42,6 +42,8 @@ pub struct DeviceConfig {
     /// the mode asked for (`Auto` is resolved when the TAP is open).
     pub device: DeviceSettings,
     pub txqueuelen: Option<u32>,
+    /// `ring_size` was given (else the mode may pick a shorter ring).
+    pub ring_size_set: bool,
     /// Ask for `IFF_BACKPRESSURE` when the kernel offers it (default). Off
     /// only to measure the tun driver's tail drops as a baseline.
     pub iff_backpressure: bool,
@@ -338,6 +340,7 @@ impl RawDevice {
                 fq,
             },
             txqueuelen,
+            ring_size_set: self.ring_size.is_some(),
             iff_backpressure: self.iff_backpressure.as_ref().is_none_or(|v| *v.get_ref()),
         })
     }

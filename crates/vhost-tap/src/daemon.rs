@@ -17,10 +17,11 @@ use log::{error, info, warn};
 
 use crate::config::{self, DeviceConfig};
 use crate::counters::ReportEvent;
+use crate::device::TunRing;
 use crate::device::{Device, DeviceError};
 use crate::metrics::Exporter;
 use crate::server::{self, DeviceServer, ServerError, Stop};
-use crate::settings::Mode;
+use crate::settings::{Mode, BACKPRESSURE_RING_SIZE, BACKPRESSURE_TXQUEUELEN};
 
 /// Why the daemon, or one device, could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,18 @@ pub fn open_device(d: &DeviceConfig) -> Result<Device, StartError> {
         }
     }
     let (created, queues) = (t.created(), t.queue_count());
-    let device = Device::new(dev.clone(), t).map_err(|source| StartError::Device {
+    // Backpressure with the flag: short FIFOs behind the qdisc (see
+    // `BACKPRESSURE_TXQUEUELEN`); the tun ring is switched with the mode.
+    let flagged = t.backpressure() && dev.mode != Mode::FqCodel;
+    let mut settings = dev.clone();
+    if flagged && !d.ring_size_set {
+        settings.ring_size = settings.ring_size.min(BACKPRESSURE_RING_SIZE);
+    }
+    let tun_ring = (created && d.txqueuelen.is_none() && t.backpressure()).then(|| TunRing {
+        backpressure: BACKPRESSURE_TXQUEUELEN,
+        other: t.txqueuelen().unwrap_or(1000),
+    });
+    let device = Device::new(settings, t, tun_ring).map_err(|source| StartError::Device {
         tap: dev.name.clone(),
         source,
     })?;

@@ -19,6 +19,16 @@ pub enum DeviceError {
     Aqm(#[from] fq_codel::ConfigError),
 }
 
+/// The tun ring's length by mode, for a TAP the daemon created without a
+/// configured txqueuelen (see [`crate::settings::BACKPRESSURE_TXQUEUELEN`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunRing {
+    /// In backpressure mode with `IFF_BACKPRESSURE`.
+    pub backpressure: u32,
+    /// Otherwise (the kernel's default the TAP was created with).
+    pub other: u32,
+}
+
 /// A device, shared by the connections that come and go.
 pub struct Device {
     /// As configured; `settings.mode` is the mode asked for.
@@ -29,6 +39,8 @@ pub struct Device {
     /// The mode in effect and why. `auto` is decided again at every
     /// frontend connect ([`Device::decide_mode_again`]), while no worker runs.
     mode: Mutex<Resolution>,
+    /// `Some`: the daemon sets the tun ring's length by mode.
+    tun_ring: Option<TunRing>,
 }
 
 /// Decide the mode from the TAP's flags and, where it matters, its qdiscs.
@@ -48,7 +60,11 @@ fn decide(requested: Mode, tap: &tap::Tap) -> Resolution {
 }
 
 impl Device {
-    pub fn new(settings: DeviceSettings, tap: tap::Tap) -> Result<Device, DeviceError> {
+    pub fn new(
+        settings: DeviceSettings,
+        tap: tap::Tap,
+        tun_ring: Option<TunRing>,
+    ) -> Result<Device, DeviceError> {
         // Checked once here, whatever the mode, so that a switch later cannot fail.
         fq_codel::FqCodel::<crate::datapath::QueuedFrame>::try_new(settings.aqm())?;
         let first = decide(settings.mode, &tap);
@@ -63,13 +79,35 @@ impl Device {
             pairs.push(pair);
         }
         let counters = pairs.iter().map(|p| p.counters.clone()).collect();
-        Ok(Device {
+        let device = Device {
             settings,
             tap,
             pairs: pairs.into_iter().map(Mutex::new).collect(),
             counters,
-            mode: Mutex::new(first),
-        })
+            mode: Mutex::new(first.clone()),
+            tun_ring,
+        };
+        device.size_tun_ring(first.mode);
+        Ok(device)
+    }
+
+    /// Give the tun ring the length the mode wants (if the daemon manages it).
+    fn size_tun_ring(&self, mode: Mode) {
+        let Some(tr) = self.tun_ring else {
+            return;
+        };
+        let (len, why) = if mode == Mode::Backpressure && self.tap.backpressure() {
+            (tr.backpressure, "backpressure with IFF_BACKPRESSURE: a short FIFO behind the qdisc, which holds the queue")
+        } else {
+            (tr.other, "the kernel's default")
+        };
+        if self.tap.txqueuelen().ok() == Some(len) {
+            return;
+        }
+        match self.tap.set_txqueuelen(len) {
+            Ok(()) => info!("{}: txqueuelen {len} ({why})", self.settings.name),
+            Err(e) => warn!("{}: {e}", self.settings.name),
+        }
     }
 
     /// The mode in effect and why.
@@ -117,6 +155,7 @@ impl Device {
             };
             self.pair(i).set_aqm(aqm);
         }
+        self.size_tun_ring(now.mode);
         *current = now;
     }
 

@@ -32,9 +32,10 @@ struct Cli {
     /// Largest virtqueue size offered to the guest (power of two).
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_QUEUE_SIZE as i64)]
     queue_size: i64,
-    /// Frames held between the TAP reader and the RX filler, per queue pair.
-    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_RING_SIZE as i64)]
-    ring_size: i64,
+    /// Frames held between the TAP reader and the RX filler, per queue pair
+    /// (default 256; 32 in backpressure mode with IFF_BACKPRESSURE).
+    #[arg(long, value_name = "N")]
+    ring_size: Option<i64>,
     /// Guest MAC address (default: derived from the TAP name).
     #[arg(long, value_name = "MAC")]
     mac: Option<String>,
@@ -56,7 +57,9 @@ struct Cli {
     /// FQ-CoDel: mark ECN-capable frames instead of dropping them.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     fq_ecn: bool,
-    /// txqueuelen of the TAP (the tun driver's ring size).
+    /// txqueuelen of the TAP (the tun driver's ring size). Default: left as
+    /// it is, but 64 on a TAP the daemon created while backpressure mode runs
+    /// with IFF_BACKPRESSURE (the queue then forms in the qdisc).
     #[arg(long, value_name = "N")]
     txqueuelen: Option<i64>,
     /// Ask for IFF_BACKPRESSURE when the kernel offers it (Linux 7.3+).
@@ -120,7 +123,7 @@ fn cli_device(cli: &Cli) -> Result<DeviceConfig, StartError> {
         tap: Some(Spanned::new(0..0, tap.clone())),
         queues: s(cli.queues),
         queue_size: s(cli.queue_size),
-        ring_size: s(cli.ring_size),
+        ring_size: cli.ring_size.and_then(s),
         mac: cli.mac.clone().map(|m| Spanned::new(0..0, m)),
         mtu: s(cli.mtu),
         mode: Some(Spanned::new(0..0, cli.mode.clone())),
