@@ -83,8 +83,6 @@ counters! {
         rx_reader_wakes,
         /// Times the RX filler found frames waiting but no guest RX buffer.
         rx_no_guest_buffers,
-        /// FQ-CoDel mode: passes that left frames in the TAP because the daemon is behind its offered load and enough already waits in the AQM for the guest (those frames wait, or are tail-dropped, in the tun ring).
-        rx_reader_held,
         /// Highest ring occupancy seen (frames).
         rx_ring_high_water,
         /// Largest frame (bytes, without the virtio-net header) written into guest RX buffers: above the MTU when GSO frames cross.

@@ -81,11 +81,6 @@ impl Aqm {
         self.head = None;
     }
 
-    /// Frames waiting, the dequeued head included.
-    pub fn len(&self) -> usize {
-        self.fq.len() + usize::from(self.head.is_some())
-    }
-
     pub fn is_empty(&self) -> bool {
         self.head.is_none() && self.fq.is_empty()
     }

@@ -71,18 +71,6 @@ pub use vnet::Negotiated;
 /// Frames moved per event before yielding to the other events of the worker.
 pub const BUDGET: usize = 256;
 
-/// FQ-CoDel mode: frames read in a row without the TAP running empty after
-/// which the daemon counts as behind its offered load (its own CPU is the
-/// limit, not the guest). Far more than any tun ring holds, so that a burst
-/// the reader catches up with (the tun ring drained to EAGAIN) never counts.
-pub const BEHIND_AFTER: u64 = 1 << 17;
-
-/// FQ-CoDel mode, while behind: the AQM backlog (frames) below which the
-/// reader still moves frames into it for a guest without buffers. Above it
-/// the frames stay in the tun ring: reading them would only spend the CPU
-/// the daemon lacks on frames CoDel drops later.
-pub const BEHIND_READ_AHEAD: usize = BUDGET;
-
 /// What a pass of [`QueuePair::rx_run`] or [`QueuePair::tx_run`] leaves to
 /// its caller.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -163,15 +151,6 @@ pub struct QueuePair {
     iov: IoVecs,
     /// How long the last frame read was; both RX paths size reads by it.
     last_frame: vnet::LastFrame,
-    /// The last look into the guest's RX queue found no buffer for the next
-    /// frame (set by both RX paths, cleared by the next delivery). In
-    /// FQ-CoDel mode the reader moves frames into the AQM only while this
-    /// holds (or nothing waits there): the AQM keeps what the *guest*
-    /// cannot take, not what the daemon itself has not delivered yet.
-    rx_starved: bool,
-    /// Frames read since a TAP read last found it empty (saturating): above
-    /// [`BEHIND_AFTER`] the reader is behind the offered load.
-    read_since_empty: u64,
 }
 
 impl QueuePair {
@@ -202,8 +181,6 @@ impl QueuePair {
             tx_used: UsedBatch::default(),
             iov: IoVecs::default(),
             last_frame: vnet::LastFrame::default(),
-            rx_starved: false,
-            read_since_empty: 0,
         }
     }
 
@@ -223,7 +200,6 @@ impl QueuePair {
     pub fn reset_rx(&mut self) -> bool {
         let was_broken = std::mem::take(&mut self.rx_broken);
         self.rx_kicks_on = true;
-        self.rx_starved = false;
         self.rx_used = UsedBatch::default();
         was_broken
     }
@@ -284,10 +260,8 @@ impl QueuePair {
             }
         }
         let work_left = loop {
-            let mut filled = 0;
             if ready && !self.rx_broken {
-                filled = self.fill_guest(queue, map, neg);
-                moved += filled;
+                moved += self.fill_guest(queue, map, neg);
             }
             if moved >= BUDGET {
                 break true;
@@ -302,18 +276,10 @@ impl QueuePair {
                     break true;
                 }
             }
-            let from_ring_path = if self.may_read_into_ring(ready) {
-                self.read_tap_into_ring(neg, BUDGET - moved)
-            } else {
-                // The guest has buffers and frames wait for them: deliver
-                // those first (next turn), the TAP keeps the new ones.
-                self.drain_ring_into_aqm(neg.hdr_len);
-                0
-            };
+            let from_ring_path = self.read_tap_into_ring(neg, BUDGET - moved);
             moved += from_ring_path;
             read += from_ring_path;
-            self.note_reads(read);
-            if read == 0 && filled == 0 {
+            if read == 0 {
                 break false;
             }
         };
@@ -326,44 +292,6 @@ impl QueuePair {
             work_left,
             interrupt,
         }
-    }
-
-    /// Whether the ring path may read from the TAP now. Backpressure mode:
-    /// always (the ring stops the reader). FQ-CoDel mode: while the guest is
-    /// not set up, is out of buffers, or nothing waits for it; when the
-    /// daemon is the slow party (the guest has buffers, frames wait in the
-    /// AQM) a frame read now would only be copied into the AQM for CoDel to
-    /// drop later, so the frames stay in the tun ring until the AQM is
-    /// delivered (and then, usually, take the direct path).
-    ///
-    /// While the daemon is behind its offered load (the TAP has not run
-    /// empty for [`BEHIND_AFTER`] frames) a guest without buffers gets at
-    /// most [`BEHIND_READ_AHEAD`] frames read ahead for it: what the daemon
-    /// cannot deliver waits in (and overflows) the tun ring, as in
-    /// backpressure mode, instead of costing a read, a copy and a CoDel drop.
-    fn may_read_into_ring(&self, ready: bool) -> bool {
-        let Some(aqm) = &self.aqm else { return true };
-        if !ready || self.rx_broken || aqm.is_empty() {
-            return true;
-        }
-        if !self.rx_starved {
-            return false;
-        }
-        if self.read_since_empty < BEHIND_AFTER || aqm.len() < BEHIND_READ_AHEAD {
-            return true;
-        }
-        QueueCounters::add(&self.counters.rx_reader_held, 1);
-        false
-    }
-
-    /// Count `read` frames just read; a read that found the TAP empty
-    /// (`tap_readable` cleared) starts the count again.
-    fn note_reads(&mut self, read: usize) {
-        self.read_since_empty = if self.tap_readable {
-            self.read_since_empty.saturating_add(read as u64)
-        } else {
-            0
-        };
     }
 
     /// Whether no frame waits in the ring or the AQM, so that one read now

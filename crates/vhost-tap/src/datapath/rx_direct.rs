@@ -126,10 +126,7 @@ impl QueuePair {
             batch.read += 1;
             let settled = self.direct_settle(&mut iter, map, &ring, neg, slot, g, spill, n);
             match settled {
-                Ok(Settled::Delivered) => {
-                    self.rx_starved = false;
-                    batch.delivered.add(n, neg.hdr_len);
-                }
+                Ok(Settled::Delivered) => batch.delivered.add(n, neg.hdr_len),
                 Ok(Settled::Dropped) => {}
                 Ok(Settled::Spilled) => break,
                 Err(e) => {
@@ -169,7 +166,6 @@ impl QueuePair {
         )?;
         if g.taken == 0 {
             // The guest has no chain now: the ring path waits for one.
-            self.rx_starved = true;
             return Ok(Gather::Nothing);
         }
         if g.segments > DIRECT_MAX_IOVECS {

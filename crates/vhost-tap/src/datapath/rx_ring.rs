@@ -123,7 +123,7 @@ impl QueuePair {
 
     /// FQ-CoDel mode: move every frame from the ring into the AQM, so that
     /// the reader never stops and the tun ring never fills.
-    pub(super) fn drain_ring_into_aqm(&mut self, hdr_len: usize) {
+    fn drain_ring_into_aqm(&mut self, hdr_len: usize) {
         while let Some((slot, len)) = self.consumer.peek() {
             if let Some(aqm) = &mut self.aqm {
                 aqm.enqueue(self.slots.frame(slot, len.get()), hdr_len, &self.counters);
@@ -184,10 +184,7 @@ impl QueuePair {
                 }
             };
             match verdict {
-                Ok(Delivery::Done) => {
-                    self.rx_starved = false;
-                    tally.add(flen, neg.hdr_len);
-                }
+                Ok(Delivery::Done) => tally.add(flen, neg.hdr_len),
                 Ok(Delivery::TooBig { len, capacity }) => {
                     QueueCounters::add(&self.counters.rx_dropped_too_big, 1);
                     log::debug!(
@@ -203,7 +200,6 @@ impl QueuePair {
                     match rx_buffers::arm_notification(queue, map.mem(), seen) {
                         Ok(true) => continue,
                         Ok(false) => {
-                            self.rx_starved = true;
                             QueueCounters::add(&self.counters.rx_no_guest_buffers, 1);
                             break;
                         }

@@ -564,82 +564,20 @@ fn a_guest_reset_of_a_broken_tx_queue_serves_it_again() {
     assert_eq!(f.qp.broken(), (false, false));
 }
 
-/// `n` frames of 60 bytes for the scripted TAP.
-fn frames(n: usize) -> impl Iterator<Item = Step> {
-    (0..n).map(|i| Step::Frame(tap_frame(60, i as u8)))
-}
-
 #[test]
 fn fq_codel_reads_the_tap_dry_into_the_aqm_while_the_guest_has_no_buffers() {
     let mut f = Fixture::fq();
     // A slow guest: no buffers. The reader drains the TAP anyway (the tun
     // ring must not fill), the AQM holds the frames.
-    f.tap.read_script(frames(600));
+    f.tap
+        .read_script((0..600).map(|i| Step::Frame(tap_frame(60, i as u8))));
     f.rx_until_done(10);
     assert_eq!(f.tap.unread(), 0);
     assert_eq!(get(&f.c.rx_aqm_backlog_frames), 600);
-    assert_eq!(get(&f.c.rx_reader_held), 0);
-    assert_eq!(
-        f.qp.read_since_empty, 0,
-        "the last read found the TAP empty"
-    );
     // The guest posts buffers: they are filled from the AQM.
     f.v.post_rx(QSIZE);
-    f.qp.tap_readable();
     let _ = f.rx();
     assert_eq!(f.v.used_idx(), QSIZE);
     assert_eq!(get(&f.c.rx_aqm_backlog_frames), 600 - u64::from(QSIZE));
     assert_eq!(f.c.dropped(), 0);
-}
-
-#[test]
-fn fq_codel_behind_reads_ahead_only_a_bounded_backlog_for_a_guest_without_buffers() {
-    let mut f = Fixture::fq();
-    // The daemon has not seen the TAP empty for a long time: it is behind.
-    f.qp.read_since_empty = super::BEHIND_AFTER;
-    f.tap.read_script(frames(600));
-    f.rx_until_done(10);
-    let backlog = get(&f.c.rx_aqm_backlog_frames) as usize;
-    assert!(
-        (super::BEHIND_READ_AHEAD..super::BEHIND_READ_AHEAD + 64).contains(&backlog),
-        "AQM backlog {backlog}"
-    );
-    assert_eq!(f.tap.unread(), 600 - backlog, "the rest stays in the TAP");
-    assert!(get(&f.c.rx_reader_held) > 0);
-    // The guest posts buffers: the AQM goes first, then the reader reads
-    // again for the guest that is out of buffers once more.
-    f.v.post_rx(QSIZE);
-    let _ = f.rx();
-    assert_eq!(f.v.used_idx(), QSIZE);
-    assert!(f.tap.unread() < 600 - backlog);
-    assert_eq!(f.c.dropped(), 0);
-}
-
-#[test]
-fn fq_codel_leaves_new_frames_in_the_tap_while_the_guest_has_buffers_for_waiting_ones() {
-    let mut f = Fixture::fq();
-    f.tap.read_script(frames(20));
-    f.rx_until_done(4);
-    assert_eq!(get(&f.c.rx_aqm_backlog_frames), 20);
-    // Frames wait in the AQM and the guest is not known to be out of
-    // buffers: deliver those first, read nothing.
-    f.qp.rx_starved = false;
-    assert!(!f.qp.may_read_into_ring(true));
-    // Not set up yet, or out of buffers: read.
-    assert!(f.qp.may_read_into_ring(false));
-    f.qp.rx_starved = true;
-    assert!(f.qp.may_read_into_ring(true));
-    // Backpressure mode: the ring itself stops the reader.
-    assert!(Fixture::new().qp.may_read_into_ring(true));
-}
-
-#[test]
-fn fq_codel_a_read_that_finds_the_tap_empty_ends_behind() {
-    let mut f = Fixture::fq();
-    f.qp.read_since_empty = super::BEHIND_AFTER;
-    f.v.post_rx(4);
-    f.tap.read_script(frames(3));
-    let _ = f.rx();
-    assert_eq!(f.v.used_idx(), 3);
-    assert_eq!(f.qp.read_since_empty, 0);
 }
