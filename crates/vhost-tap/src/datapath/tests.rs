@@ -233,6 +233,30 @@ impl Fixture {
         }
     }
 
+    /// The same in FQ-CoDel mode (default AQM parameters).
+    fn fq() -> Fixture {
+        let tap = Arc::new(ScriptedTap::default());
+        let aqm = fq_codel::FqCodel::try_new(fq_codel::Config::default()).unwrap();
+        let qp = QueuePair::new(0, tap.clone() as Arc<dyn TapIo>, 64, Some(aqm));
+        let c = qp.counters.clone();
+        Fixture {
+            tap,
+            qp,
+            v: Vring::new(),
+            c,
+        }
+    }
+
+    /// RX passes until one leaves no work (at most `max`); how many ran.
+    fn rx_until_done(&mut self, max: usize) -> usize {
+        for n in 1..=max {
+            if !self.rx().work_left {
+                return n;
+            }
+        }
+        panic!("RX still had work after {max} passes");
+    }
+
     /// A pass of RX over the fixture's vring, with `n` negotiated.
     fn rx_with(&mut self, n: Negotiated) -> super::Pass {
         let mem = self.v.mem.clone();
@@ -538,4 +562,22 @@ fn a_guest_reset_of_a_broken_tx_queue_serves_it_again() {
     let _ = f.tx();
     assert_eq!(f.written(), vec![frame]);
     assert_eq!(f.qp.broken(), (false, false));
+}
+
+#[test]
+fn fq_codel_reads_the_tap_dry_into_the_aqm_while_the_guest_has_no_buffers() {
+    let mut f = Fixture::fq();
+    // A slow guest: no buffers. The reader drains the TAP anyway (the tun
+    // ring must not fill), the AQM holds the frames.
+    f.tap
+        .read_script((0..600).map(|i| Step::Frame(tap_frame(60, i as u8))));
+    f.rx_until_done(10);
+    assert_eq!(f.tap.unread(), 0);
+    assert_eq!(get(&f.c.rx_aqm_backlog_frames), 600);
+    // The guest posts buffers: they are filled from the AQM.
+    f.v.post_rx(QSIZE);
+    let _ = f.rx();
+    assert_eq!(f.v.used_idx(), QSIZE);
+    assert_eq!(get(&f.c.rx_aqm_backlog_frames), 600 - u64::from(QSIZE));
+    assert_eq!(f.c.dropped(), 0);
 }
