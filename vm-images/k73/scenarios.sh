@@ -62,6 +62,13 @@ k73_stop() { # PID SECS
 k73_tun_flags() { cat /sys/class/net/$K73_TAP/tun_flags 2>/dev/null || echo none; }
 k73_stat() { cat /sys/class/net/$K73_TAP/statistics/$1; }
 k73_socket() { [ -S $K73_SOCK ]; }
+# Frames sent by the qdisc (its `tc -s` text in $1), not tail-dropped and
+# not yet written into TAP2 by the bridge.
+k73_fifo() {
+	_sent=$(echo "$1" | sed -n 's/^ *Sent [0-9]* bytes \([0-9]*\) pkt.*/\1/p' | head -1)
+	_rx2=$(/usr/sbin/ip netns exec $K73_NS cat /sys/class/net/$K73_TAP2/statistics/rx_packets)
+	echo $((_sent - $(k73_stat tx_dropped) - _rx2))
+}
 
 # Start the daemon on vt0 for scenario NAME: k73_daemon NAME ARGS...
 k73_daemon() {
@@ -122,6 +129,7 @@ k73_load() { # SECS WARM FLOWS
 	/usr/sbin/tc -s qdisc show dev $K73_TAP >/tmp/$K73_SC.qdisc-before
 	_d0=$(k73_stat tx_dropped)
 	_t0=$(k73_stat tx_packets)
+	_fifo0=$(k73_fifo "$(/usr/sbin/tc -s qdisc show dev $K73_TAP)")
 	iperf3 -c $K73_GUEST_IP -p 5201 -J -C cubic -P "$3" -t "$1" -O "$2" -i 0 \
 		>/tmp/$K73_SC.iperf3.json 2>&1 &
 	_cli=$!
@@ -130,9 +138,17 @@ k73_load() { # SECS WARM FLOWS
 	/usr/bin/ping -n -i 0.05 -W 2 -c $((($1 - 1) * 20)) $K73_GUEST_IP >/tmp/$K73_SC.ping 2>&1 &
 	_ping=$!
 	: >/tmp/$K73_SC.samples
-	# until ping has exited (a zombie until `wait`: state Z)
+	: >/tmp/$K73_SC.fifo
+	# Every second until ping has exited (a zombie until `wait`: state Z):
+	# the qdisc's backlog, and the frames between the qdisc and the netns
+	# (tun ring + daemon ring + the bridge's buffers): the frames the qdisc
+	# sent (GSO packets count per segment) less the tun driver's tail drops
+	# less what the bridge has written into TAP2 (vtb0's rx_packets). vt0's
+	# tx_packets would not do: tun counts them when the daemon reads.
 	while [ -e /proc/$_ping ] && ! grep -q ') Z' /proc/$_ping/stat 2>/dev/null; do
-		/usr/sbin/tc -s qdisc show dev $K73_TAP | grep -m1 backlog >>/tmp/$K73_SC.samples
+		_q=$(/usr/sbin/tc -s qdisc show dev $K73_TAP)
+		echo "$_q" | grep -m1 backlog >>/tmp/$K73_SC.samples
+		echo $(($(k73_fifo "$_q") - _fifo0)) >>/tmp/$K73_SC.fifo
 		sleep 1
 	done
 	wait $_ping
@@ -144,6 +160,7 @@ k73_load() { # SECS WARM FLOWS
 	k73_file qdisc-before /tmp/$K73_SC.qdisc-before
 	k73_file qdisc-after /tmp/$K73_SC.qdisc-after
 	k73_file qdisc-samples /tmp/$K73_SC.samples
+	k73_file fifo-samples /tmp/$K73_SC.fifo
 	k73_file ping /tmp/$K73_SC.ping
 	k73_file iperf3 /tmp/$K73_SC.iperf3.json
 }
