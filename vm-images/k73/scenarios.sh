@@ -23,6 +23,7 @@ K73_GUEST_IP=198.18.200.2
 K73_SC=none
 K73_DPID=
 K73_BPID=
+K73_NO_GSO=
 
 k73() { echo "K73: $K73_SC $*"; }
 k73_t() { read -r _up _ </proc/uptime; echo "K73: $K73_SC t=$_up $*"; }
@@ -104,6 +105,7 @@ k73_bridge() { # RATE QDISC [noping]
 	k73_t bridge-ready
 	/usr/sbin/ip addr add $K73_HOST_IP/24 dev $K73_TAP
 	/usr/sbin/ip link set $K73_TAP up
+	[ -z "$K73_NO_GSO" ] || /usr/sbin/ethtool -K $K73_TAP gso off tso off >/dev/null 2>&1 || k73 error "ethtool -K $K73_TAP gso off failed"
 	[ -z "$2" ] || /usr/sbin/tc qdisc replace dev $K73_TAP root "$2"
 	k73 qdisc_connected "$(/usr/sbin/tc qdisc show dev $K73_TAP | head -1)"
 	k73 tun_flags_connected "$(k73_tun_flags)"
