@@ -268,6 +268,16 @@ fn status(metrics: &Option<String>, config: &Option<PathBuf>, json: bool) -> Exi
 }
 
 fn main() -> ExitCode {
+    // A fixed mmap threshold: glibc raises it after the first large block is
+    // freed (the FQ-CoDel check in `Device::new` frees one), and every later
+    // ring arena (~0.5 MiB per queue pair) would come zeroed — so touched —
+    // from the heap instead of untouched from mmap. With 1000 idle devices
+    // that was 560 MiB of RSS; fixed, pages are touched only when used.
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();

@@ -1,0 +1,102 @@
+//! A thousand devices in one daemon: all listen within seconds, an idle
+//! device costs a bounded amount of memory, and SIGTERM removes every
+//! socket and every TAP the daemon created. The figures are printed for
+//! `docs/benchmarks.md`.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DEVICES: usize = 1000;
+/// A regression bound, not a target: measured ~195 KiB per idle device
+/// (2026-12-06); 560 KiB before the mmap threshold was fixed.
+const MAX_RSS_PER_DEVICE_KIB: u64 = 400;
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
+fn a_thousand_devices_start_serve_and_stop_cleanly() {
+    let dir = TempDir::new("k");
+    let prefix = unique_name("s");
+    // TAP names: the prefix (≤ 10 characters here) + index, within 15.
+    let devs: Vec<_> = (0..DEVICES)
+        .map(|i| {
+            (
+                dir.join(format!("{i}.sock")),
+                format!("{}{i}", &prefix[..prefix.len().min(11)]),
+            )
+        })
+        .collect();
+    let _guards: Vec<_> = devs.iter().map(|(_, t)| TapGuard(t.clone())).collect();
+    let config = dir.join("many.toml");
+    let text: String = devs
+        .iter()
+        .map(|(s, t)| {
+            format!(
+                "[[device]]\nsocket = {:?}\ntap = {t:?}\n\n",
+                s.display().to_string()
+            )
+        })
+        .collect();
+    fs::write(&config, text).unwrap();
+
+    let t0 = Instant::now();
+    let mut d = Daemon::start_config(Some(BIN.into()), dir, &config, devs.clone());
+    let started = t0.elapsed();
+    let rss = status_kib(d.pid, "VmRSS:");
+    let threads = status_kib(d.pid, "Threads:");
+    // One device, any one, serves a frontend among the thousand.
+    let last = &devs[DEVICES - 1];
+    let drv = vu_driver::Driver::connect(vu_driver::DriverConfig {
+        socket: last.0.clone(),
+        ..vu_driver::DriverConfig::default()
+    });
+    assert!(
+        drv.is_ok(),
+        "the last device does not serve: {:?}",
+        drv.err()
+    );
+    drop(drv);
+
+    let t1 = Instant::now();
+    let st = d.terminate(Duration::from_secs(30));
+    let stopped = t1.elapsed();
+    eprintln!(
+        "{DEVICES} devices: listening after {:.2} s; RSS {} KiB ({} KiB per device), {threads} threads; \
+         SIGTERM to exit {:.2} s",
+        started.as_secs_f64(),
+        rss,
+        rss / DEVICES as u64,
+        stopped.as_secs_f64()
+    );
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "exit {st:?}; log tail:\n{}",
+        {
+            let l = d.log_text();
+            l[l.len().saturating_sub(2000)..].to_string()
+        }
+    );
+    let sockets_left = devs.iter().filter(|(s, _)| s.exists()).count();
+    let taps_left = devs.iter().filter(|(_, t)| tap_exists(t)).count();
+    assert_eq!(
+        (sockets_left, taps_left),
+        (0, 0),
+        "sockets and TAPs left behind"
+    );
+    assert!(
+        rss / DEVICES as u64 <= MAX_RSS_PER_DEVICE_KIB,
+        "{} KiB per idle device",
+        rss / DEVICES as u64
+    );
+}
