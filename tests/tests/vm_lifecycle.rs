@@ -143,6 +143,16 @@ echo GUEST-DONE
     )
 }
 
+/// Put the host address on the daemon's TAP and boot the pinging guest with
+/// `extra` options of run-guest.sh (how QEMU meets the socket).
+fn boot_pinging(d: &Daemon, (h, gip, gmac): (&str, &str, &str), extra: &[&str]) -> Guest {
+    d.add_host_ip(&format!("{h}/24"));
+    let ip = format!("{gip}/24");
+    let mut args = vec!["--ip", &ip, "-m", gmac];
+    args.extend_from_slice(extra);
+    Guest::boot(&d.socket, &pinging_guest(h), &args)
+}
+
 /// Restart the daemon `restarts` times under the running guest; after each,
 /// the guest's pings must get through again within 5 s of the new daemon
 /// starting. Then checks the host → guest direction and the counters (the
@@ -241,19 +251,7 @@ fn daemon_restart_under_a_running_qemu_traffic_resumes() {
     let t0 = Instant::now();
     let mut d = Daemon::start_args(&[]);
     let addrs = ("198.18.121.1", "198.18.121.2", "52:54:00:18:79:02");
-    d.add_host_ip(&format!("{}/24", addrs.0));
-    let g = Guest::boot(
-        &d.socket,
-        &pinging_guest(addrs.0),
-        &[
-            "--ip",
-            &format!("{}/24", addrs.1),
-            "-m",
-            addrs.2,
-            "--reconnect",
-            "1000",
-        ],
-    );
+    let g = boot_pinging(&d, addrs, &["--reconnect", "1000"]);
     restarts_resume(&mut d, &g, addrs, RESTARTS);
     g.release(addrs.1, 7121);
     eprintln!("daemon restart: wall {:.1} s", t0.elapsed().as_secs_f64());
@@ -276,18 +274,7 @@ fn client_mode_daemon_restart_traffic_resumes() {
     )
     .expect("the client-mode daemon did not wait for QEMU's socket");
     let addrs = ("198.18.122.1", "198.18.122.2", "52:54:00:18:7a:02");
-    d.add_host_ip(&format!("{}/24", addrs.0));
-    let g = Guest::boot(
-        &d.socket,
-        &pinging_guest(addrs.0),
-        &[
-            "--ip",
-            &format!("{}/24", addrs.1),
-            "-m",
-            addrs.2,
-            "--server",
-        ],
-    );
+    let g = boot_pinging(&d, addrs, &["--server"]);
     restarts_resume(&mut d, &g, addrs, 3);
     assert!(
         d.socket.exists(),
