@@ -32,6 +32,8 @@ for a in "$@"; do
 done
 
 log() { echo "build.sh: $*" >&2; }
+# shellcheck source=vm-images/stamp.sh
+. "$HERE/stamp.sh"
 T0=$(date +%s.%N)
 
 # Modules loaded at boot (with their dependencies; virtio_pci is a module,
@@ -105,22 +107,12 @@ inputs() {
 	echo "boot-modules $BOOT_MODULES"
 	echo "extra-modules $EXTRA_MODULES"
 	pkgver $HOST_PKGS 2>/dev/null || true
-	sha256sum "$HERE/build.sh" "$HERE/init.sh" "$HERE"/xdp/*.c | sed "s|$HERE/||"
+	sha256sum "$HERE/build.sh" "$HERE/init.sh" "$HERE/stamp.sh" "$HERE"/xdp/*.c | sed "s|$HERE/||"
 	# the exact binaries and libraries that go into the image
-	local t files=(/bin/busybox /usr/lib/x86_64-linux-gnu/bpf/*.o)
-	for t in $TOOLS; do
-		files+=("${t%%:*}")
-		files+=($(ldd "${t%%:*}" 2>/dev/null | grep -o '/[^ ]*'))
-	done
-	sha256sum -- $(printf '%s\n' "${files[@]}" | sort -u) 2>/dev/null || true
+	hash_image_files "$TOOLS" /bin/busybox /usr/lib/x86_64-linux-gnu/bpf/*.o
 }
 HASH=$(inputs | sha256sum | cut -d' ' -f1)
-if [ $FORCE = 0 ] && [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$HASH" ] &&
-	[ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initramfs.cpio.gz" ]; then
-	log "up to date ($OUT, $(sed -n 's/^kernel-release //p' "$OUT/manifest.txt" 2>/dev/null))"
-	exit 0
-fi
-rm -f "$OUT/stamp"
+exit_if_up_to_date "$OUT" "$HASH"
 
 # ---- kernel: download, extract, depmod (cached per package version) ------
 CACHE=$OUT/cache

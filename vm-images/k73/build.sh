@@ -49,6 +49,8 @@ for a in "$@"; do
 done
 
 log() { echo "k73/build.sh: $*" >&2; }
+# shellcheck source=vm-images/stamp.sh
+. "$IMAGES/stamp.sh"
 T0=$(date +%s.%N)
 
 # Modules loaded at boot, with their dependencies (modprobe --show-depends).
@@ -64,20 +66,15 @@ exec 9>"$OUT/.lock"
 flock 9 # concurrent builds wait for each other
 
 # ---- private apt configuration --------------------------------------------
-# The mirror: the URI of the host's first deb822 source whose suites are not
-# a security suite (the plain Debian archive). Read, never written.
-mirror_uri() {
-	awk '
-		/^[ \t]*$/ { if (u != "" && s != "" && s !~ /-security/) { print u; exit } u = ""; s = ""; next }
-		/^URIs:/ { u = $2 }
-		/^Suites:/ { s = $0 }
-		END { if (u != "" && s != "" && s !~ /-security/) print u }
-	' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1
-}
+# The mirror: the Debian archive the host's apt sources already use, in
+# either format (classic sources.list or deb822 *.sources), through
+# tests/apt-sources.sh (its fixture tests: tests/tests/setup_host.rs). Read,
+# never written.
+# shellcheck source=tests/apt-sources.sh
+. "$IMAGES/../tests/apt-sources.sh"
 APT=$OUT/apt
 mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/sources"
-URI=$(mirror_uri)
-[ -n "$URI" ] || { log "no Debian mirror in /etc/apt/sources.list.d/*.sources"; exit 1; }
+URI=$(apt_mirror "${ETC_APT:-/etc/apt}") || { log "cannot fetch the 7.3 kernel: no Debian mirror in the apt sources (see above)"; exit 1; }
 SRC="Types: deb
 URIs: $URI
 Suites: trixie-backports
@@ -127,21 +124,11 @@ inputs() {
 	echo "kernel $ABI=$KVER"
 	echo "boot-modules $BOOT_MODULES"
 	echo "base $(cat "$BASE_OUT/stamp")"
-	sha256sum "$HERE/build.sh" | sed "s|$HERE/||"
-	local t files=()
-	for t in $TOOLS; do
-		files+=("${t%%:*}")
-		files+=($(ldd "${t%%:*}" 2>/dev/null | grep -o '/[^ ]*'))
-	done
-	sha256sum -- $(printf '%s\n' "${files[@]}" | sort -u) 2>/dev/null || true
+	sha256sum "$HERE/build.sh" "$IMAGES/stamp.sh" | sed "s|$IMAGES/||"
+	hash_image_files "$TOOLS"
 }
 HASH=$(inputs | sha256sum | cut -d' ' -f1)
-if [ $FORCE = 0 ] && [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$HASH" ] &&
-	[ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initramfs.cpio.gz" ]; then
-	log "up to date ($OUT, $(sed -n 's/^kernel-release //p' "$OUT/manifest.txt" 2>/dev/null))"
-	exit 0
-fi
-rm -f "$OUT/stamp"
+exit_if_up_to_date "$OUT" "$HASH"
 
 # ---- kernel: download, extract, depmod (cached per version) --------------
 CACHE=$OUT/cache
