@@ -90,11 +90,20 @@ impl Guest {
         .is_some()
     }
 
-    /// Console lines that contain the word `key` followed by a space or the
+    /// The console up to its last newline: QEMU may be writing the last
+    /// line while we read (a marker cut short there read as a wrong value,
+    /// e.g. a 24-digit md5).
+    fn complete_lines(&self) -> String {
+        let mut t = self.console_text();
+        t.truncate(t.rfind('\n').map_or(0, |i| i + 1));
+        t
+    }
+
+    /// Console lines (complete ones) that contain the word `key` followed by a space or the
     /// end of the line (escape sequences of the firmware may precede it);
     /// the rest of each line, trimmed.
     pub fn markers(&self, key: &str) -> Vec<String> {
-        self.console_text()
+        self.complete_lines()
             .lines()
             .filter_map(|l| {
                 let l = l.trim_end_matches('\r');
@@ -110,7 +119,7 @@ impl Guest {
 
     /// Whether a console line starts with `text`.
     pub fn has_line(&self, text: &str) -> bool {
-        self.console_text()
+        self.complete_lines()
             .lines()
             .any(|l| l.trim_start_matches('\r').starts_with(text))
     }
