@@ -66,7 +66,7 @@ impl Device {
         tun_ring: Option<TunRing>,
     ) -> Result<Device, DeviceError> {
         // Checked once here, whatever the mode, so that a switch later cannot fail.
-        fq_codel::FqCodel::<crate::datapath::QueuedFrame>::try_new(settings.aqm())?;
+        settings.aqm().validate()?;
         let first = decide(settings.mode, &tap);
         let tap = Arc::new(tap);
         let mut pairs = Vec::with_capacity(settings.queue_pairs);

@@ -269,7 +269,7 @@ fn status(metrics: &Option<String>, config: &Option<PathBuf>, json: bool) -> Exi
 
 fn main() -> ExitCode {
     // A fixed mmap threshold: glibc raises it after the first large block is
-    // freed (the FQ-CoDel check in `Device::new` frees one), and every later
+    // freed (a device set-up frees some), and every later
     // ring arena (~0.5 MiB per queue pair) would come zeroed — so touched —
     // from the heap instead of untouched from mmap. With 1000 idle devices
     // that was 560 MiB of RSS; fixed, pages are touched only when used.

@@ -124,6 +124,9 @@ struct Family {
     samples: Vec<(Labels, u64)>,
 }
 
+/// Help text of `vhost_tap_dropped_frames_total`.
+const DROPPED_HELP: &str = "Frames lost, by direction, reason and place (daemon, aqm, tun, qdisc)";
+
 /// Where a queue counter goes: family, kind, labels beyond device/queue.
 fn classify(name: &str) -> (String, Kind, Labels, &'static str) {
     let (direction, rest) = match name.split_once('_') {
@@ -137,12 +140,7 @@ fn classify(name: &str) -> (String, Kind, Labels, &'static str) {
     let dropped = |reason: &str, place: &str, mut l: Labels| {
         l.push(("reason", reason.to_string()));
         l.push(("place", place.to_string()));
-        (
-            "dropped_frames".to_string(),
-            Kind::Counter,
-            l,
-            "Frames lost, by direction, reason and place (daemon, aqm, tun, qdisc)",
-        )
+        ("dropped_frames".to_string(), Kind::Counter, l, DROPPED_HELP)
     };
     match rest {
         "frames" => (
@@ -192,6 +190,10 @@ impl Scrape {
                 .samples
                 .push((labels, v));
         };
+        // One rtnetlink dump for every device's qdisc figures.
+        let qdiscs = crate::qdisc::dump()
+            .inspect_err(|e| warn!("metrics: no qdisc figures in this scrape: {e}"))
+            .ok();
         for s in self.0.servers() {
             let dev = &s.device;
             let name = dev.settings.name.clone();
@@ -240,15 +242,24 @@ impl Scrape {
                 ]
             };
             if let Ok(n) = dev.tap.tx_dropped() {
-                let (f, k, _, help) = classify("rx_dropped_x");
-                put(f, k, help, rx_drop("tun", "ring_full"), n);
+                let l = rx_drop("tun", "ring_full");
+                put("dropped_frames".into(), Kind::Counter, DROPPED_HELP, l, n);
             }
-            match Qdiscs::of(dev.tap.name()) {
-                Ok(Qdiscs {
+            let mine = qdiscs
+                .as_ref()
+                .map(|all| crate::qdisc::ifindex(dev.tap.name()).map(|i| Qdiscs::select(all, i)));
+            match mine {
+                Some(Ok(Qdiscs {
                     root: Some(root), ..
-                }) => {
-                    let (f, k, _, help) = classify("rx_dropped_x");
-                    put(f, k, help, rx_drop("qdisc", &root.kind), root.drops);
+                })) => {
+                    let l = rx_drop("qdisc", &root.kind);
+                    put(
+                        "dropped_frames".into(),
+                        Kind::Counter,
+                        DROPPED_HELP,
+                        l,
+                        root.drops,
+                    );
                     let l = vec![("device", name.clone()), ("qdisc", root.kind.clone())];
                     put(
                         "qdisc_backlog_frames".into(),
@@ -265,8 +276,8 @@ impl Scrape {
                         root.backlog_bytes,
                     );
                 }
-                Ok(_) => {}
-                Err(e) => warn!("metrics: {name}: {e}"),
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => warn!("metrics: {name}: {e}"),
             }
         }
         families

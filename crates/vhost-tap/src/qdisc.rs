@@ -86,21 +86,27 @@ impl Qdiscs {
         Qdiscs { root, children }
     }
 
-    /// The qdiscs of the interface `name`.
+    /// The qdiscs of the interface `name` (one dump; for many interfaces,
+    /// [`dump`] once and [`Qdiscs::select`] each).
     pub fn of(name: &str) -> Result<Qdiscs, QdiscError> {
-        let c = std::ffi::CString::new(name).map_err(|_| QdiscError::NoInterface(name.into()))?;
-        // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if ifindex == 0 {
-            return Err(QdiscError::NoInterface(name.into()));
-        }
-        let all = dump()?;
-        Ok(Qdiscs::select(&all, ifindex as i32))
+        let ifindex = ifindex(name)?;
+        Ok(Qdiscs::select(&dump()?, ifindex))
     }
 }
 
+/// The interface index of `name`.
+pub fn ifindex(name: &str) -> Result<i32, QdiscError> {
+    let c = std::ffi::CString::new(name).map_err(|_| QdiscError::NoInterface(name.into()))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return Err(QdiscError::NoInterface(name.into()));
+    }
+    Ok(ifindex as i32)
+}
+
 /// Every qdisc the kernel lists (interface index, qdisc).
-fn dump() -> Result<Vec<(i32, Qdisc)>, QdiscError> {
+pub fn dump() -> Result<Vec<(i32, Qdisc)>, QdiscError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(QdiscError::Socket)?;
     socket.bind_auto().map_err(QdiscError::Socket)?;
     socket

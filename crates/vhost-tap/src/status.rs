@@ -132,6 +132,7 @@ pub struct QueueStatus {
 /// The devices in a scrape, in the order of their names.
 pub fn summarize(samples: &[Sample]) -> Vec<DeviceStatus> {
     let mut devs: BTreeMap<String, DeviceStatus> = BTreeMap::new();
+    let mut queues: BTreeMap<(String, usize), QueueStatus> = BTreeMap::new();
     for s in samples {
         let Some(name) = s.labels.get("device") else {
             continue;
@@ -142,40 +143,47 @@ pub fn summarize(samples: &[Sample]) -> Vec<DeviceStatus> {
         });
         let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
         let v = s.value as u64;
-        let queue = s.labels.get("queue").and_then(|q| q.parse::<usize>().ok());
-        let mut q = |f: &dyn Fn(&mut QueueStatus)| {
-            if let Some(i) = queue {
-                if d.queues.len() <= i {
-                    d.queues.resize_with(i + 1, QueueStatus::default);
-                    for (n, qs) in d.queues.iter_mut().enumerate() {
-                        qs.queue = n;
-                    }
-                }
-                f(&mut d.queues[i]);
-            }
-        };
-        let dir = label("direction");
-        match s.name.as_str() {
-            "vhost_tap_device" => {
+        let q = s
+            .labels
+            .get("queue")
+            .and_then(|q| q.parse::<usize>().ok())
+            .map(|i| {
+                queues
+                    .entry((name.clone(), i))
+                    .or_insert_with(|| QueueStatus {
+                        queue: i,
+                        ..QueueStatus::default()
+                    })
+            });
+        match (s.name.as_str(), label("direction").as_str(), q) {
+            ("vhost_tap_device", _, _) => {
                 d.tap = label("tap");
                 d.mode = label("mode");
                 d.reason = label("reason");
             }
-            "vhost_tap_frontend_connected" => d.frontend_connected = v == 1,
-            "vhost_tap_frames_total" if dir == "rx" => q(&|qs| qs.rx_frames = v),
-            "vhost_tap_frames_total" if dir == "tx" => q(&|qs| qs.tx_frames = v),
-            "vhost_tap_bytes_total" if dir == "rx" => q(&|qs| qs.rx_bytes = v),
-            "vhost_tap_bytes_total" if dir == "tx" => q(&|qs| qs.tx_bytes = v),
-            "vhost_tap_aqm_backlog_frames" => q(&|qs| qs.aqm_backlog_frames = v),
-            "vhost_tap_dropped_frames_total" => {
+            ("vhost_tap_frontend_connected", _, _) => d.frontend_connected = v == 1,
+            ("vhost_tap_frames_total", "rx", Some(q)) => q.rx_frames = v,
+            ("vhost_tap_frames_total", "tx", Some(q)) => q.tx_frames = v,
+            ("vhost_tap_bytes_total", "rx", Some(q)) => q.rx_bytes = v,
+            ("vhost_tap_bytes_total", "tx", Some(q)) => q.tx_bytes = v,
+            ("vhost_tap_aqm_backlog_frames", _, Some(q)) => q.aqm_backlog_frames = v,
+            ("vhost_tap_dropped_frames_total", _, q) => {
                 *d.dropped.entry(label("place")).or_default() += v;
                 if label("place") == "qdisc" {
                     d.qdisc = Some(label("reason"));
                 }
-                q(&|qs| qs.dropped += v);
+                if let Some(q) = q {
+                    q.dropped += v;
+                }
             }
-            "vhost_tap_qdisc_backlog_frames" => d.qdisc_backlog_frames = v,
+            ("vhost_tap_qdisc_backlog_frames", _, _) => d.qdisc_backlog_frames = v,
             _ => {}
+        }
+    }
+    // In (device, queue) order.
+    for ((dev, _), q) in queues {
+        if let Some(d) = devs.get_mut(&dev) {
+            d.queues.push(q);
         }
     }
     devs.into_values().collect()

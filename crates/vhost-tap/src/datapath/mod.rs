@@ -226,11 +226,6 @@ impl QueuePair {
         self.aqm = aqm.map(Aqm::new);
     }
 
-    /// Whether this pair runs in FQ-CoDel mode.
-    pub fn has_aqm(&self) -> bool {
-        self.aqm.is_some()
-    }
-
     /// Count the frames still in the ring (and the AQM) as lost (daemon shutdown).
     pub fn drop_ring_at_shutdown(&mut self) {
         let mut n = 0;
