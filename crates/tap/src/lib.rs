@@ -386,12 +386,7 @@ impl Tap {
         let path = Path::new(SYS_CLASS_NET)
             .join(&self.name)
             .join("tx_queue_len");
-        let text = read_sysfs(&self.name, &path)?;
-        text.parse().map_err(|_| Error::ParseSysfs {
-            name: self.name.clone(),
-            path,
-            value: text,
-        })
+        read_sysfs_number(&self.name, path)
     }
 
     fn set_txqueuelen_on(&self, sock: &std::os::fd::OwnedFd, len: u32) -> Result<(), Error> {
@@ -420,12 +415,7 @@ impl Tap {
             .join(&self.name)
             .join("statistics")
             .join(counter);
-        let text = read_sysfs(&self.name, &path)?;
-        text.parse().map_err(|_| Error::ParseSysfs {
-            name: self.name.clone(),
-            path,
-            value: text,
-        })
+        read_sysfs_number(&self.name, path)
     }
 
     /// Shut down: remove the interface if this handle created it (clearing
@@ -530,15 +520,31 @@ impl Drop for Tap {
             return;
         }
         let restore = (found & ATTACH_FLAGS) | IFF_TAP;
-        let restored = open_tun_device(&self.name).and_then(|file| {
-            let mut req = sys::IfReq::new(&self.name);
-            req.set_flags(restore);
-            sys::tun_set_iff(&file, &mut req).map_err(|source| Error::SetIff {
-                name: self.name.clone(),
-                queue: 0,
-                source,
+        let attach = || {
+            open_tun_device(&self.name).and_then(|file| {
+                let mut req = sys::IfReq::new(&self.name);
+                req.set_flags(restore);
+                sys::tun_set_iff(&file, &mut req).map_err(|source| Error::SetIff {
+                    name: self.name.clone(),
+                    queue: 0,
+                    source,
+                })
             })
-        });
+        };
+        // A single-queue TAP refuses the attach (EBUSY) while our closed fd
+        // is still held elsewhere: a child process another thread of ours
+        // forked between fork and exec. That window is short: retry for
+        // up to 200 ms.
+        let mut restored = attach();
+        for _ in 0..200 {
+            match &restored {
+                Err(Error::SetIff { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    restored = attach();
+                }
+                _ => break,
+            }
+        }
         match restored {
             Ok(()) => log::info!(
                 "tap: {} has its flags back ({:#x} -> {:#x})",
@@ -732,6 +738,16 @@ fn read_sysfs(name: &str, path: &Path) -> Result<String, Error> {
             path: path.to_owned(),
             source,
         })
+}
+
+/// A sysfs attribute that holds one decimal number.
+fn read_sysfs_number<T: std::str::FromStr>(name: &str, path: PathBuf) -> Result<T, Error> {
+    let text = read_sysfs(name, &path)?;
+    text.parse().map_err(|_| Error::ParseSysfs {
+        name: name.to_owned(),
+        path,
+        value: text,
+    })
 }
 
 #[cfg(test)]

@@ -259,7 +259,7 @@ impl Devices {
         let (mut kept, mut removed) = (Vec::new(), Vec::new());
         for r in self.running.drain(..) {
             match new.iter().find(|d| d.device.name == r.config.device.name) {
-                Some(_) => kept.push(r),
+                Some(d) => kept.push((r, d)),
                 None => removed.push(r),
             }
         }
@@ -273,13 +273,18 @@ impl Devices {
             );
         }
         let mut restart = Vec::new();
-        for mut r in kept {
-            let Some(d) = new.iter().find(|d| d.device.name == r.config.device.name) else {
-                continue;
-            };
+        for (mut r, d) in kept {
             if *d == r.config {
-                // Unchanged; a change that was waiting is dropped.
-                r.pending = None;
+                // Unchanged. A change that was waiting has already told the
+                // server to end after its frontend: it then restarts with
+                // these (its own) settings instead of staying down.
+                if r.pending.is_some() {
+                    info!(
+                        "{}: the waiting change was withdrawn; the device restarts as it was when its frontend leaves",
+                        r.name()
+                    );
+                    r.pending = Some(d.clone());
+                }
                 self.running.push(r);
                 continue;
             }
