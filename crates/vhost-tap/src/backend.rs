@@ -15,7 +15,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use log::{error, info};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -30,6 +30,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::counters::QueueCounters;
 use crate::datapath::{Negotiated, Pass};
@@ -68,21 +69,60 @@ enum WorkerEvent {
     Tap,
     /// The pair's `resume` eventfd: the worker left work for later.
     Resume,
+    /// The pair's RX / TX rate-limit timer: tokens have refilled.
+    RxTimer,
+    TxTimer,
 }
 
 impl WorkerEvent {
+    const ALL: [WorkerEvent; 4] = [
+        WorkerEvent::Tap,
+        WorkerEvent::Resume,
+        WorkerEvent::RxTimer,
+        WorkerEvent::TxTimer,
+    ];
+
     fn id(self, num_queues: usize) -> u16 {
-        let first = num_queues as u16 + 1;
-        match self {
-            WorkerEvent::Tap => first,
-            WorkerEvent::Resume => first + 1,
-        }
+        num_queues as u16 + 1 + self as u16
     }
 
     fn from_id(id: u16, num_queues: usize) -> Option<WorkerEvent> {
-        [WorkerEvent::Tap, WorkerEvent::Resume]
-            .into_iter()
-            .find(|e| e.id(num_queues) == id)
+        Self::ALL.into_iter().find(|e| e.id(num_queues) == id)
+    }
+}
+
+/// Which vring of a pair a pass served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    Rx,
+    Tx,
+}
+
+/// A one-shot timer whose read never blocks: a pass may re-arm it between
+/// epoll reporting it and the worker reading it, and the worker must not
+/// then wait for the new expiry.
+fn timer() -> io::Result<TimerFd> {
+    let t = TimerFd::new()?;
+    // SAFETY: F_SETFL on a descriptor `t` owns and keeps open; it changes
+    // only the file's status flags, no memory.
+    if unsafe { libc::fcntl(t.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(t)
+}
+
+/// A pair's rate-limit timers, RX and TX (only for a limited device).
+struct Timers([Mutex<TimerFd>; 2]);
+
+impl Timers {
+    fn new() -> io::Result<Timers> {
+        Ok(Timers([Mutex::new(timer()?), Mutex::new(timer()?)]))
+    }
+
+    fn of(&self, dir: Dir) -> std::sync::MutexGuard<'_, TimerFd> {
+        self.0[dir as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -121,6 +161,9 @@ pub struct NetBackend {
     resume: Vec<EventFd>,
     /// One per worker thread: the library writes it to stop the worker.
     exits: Vec<(EventConsumer, EventNotifier)>,
+    /// One per queue pair when the device has a rate limit: a pass the
+    /// limit held back arms its direction's timer.
+    timers: Vec<Timers>,
 }
 
 impl NetBackend {
@@ -134,8 +177,17 @@ impl NetBackend {
         let exits = (0..device.pairs.len())
             .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC))
             .collect::<io::Result<_>>()?;
+        let s = &device.settings;
+        let timers = if s.rx_limit.is_unlimited() && s.tx_limit.is_unlimited() {
+            Vec::new()
+        } else {
+            (0..device.pairs.len())
+                .map(|_| Timers::new())
+                .collect::<io::Result<_>>()?
+        };
         Ok(NetBackend {
             exits,
+            timers,
             device,
             mem: RwLock::new(None),
             acked: AtomicU64::new(0),
@@ -159,6 +211,14 @@ impl NetBackend {
                 EventSet::IN,
                 u64::from(WorkerEvent::Resume.id(nq)),
             )?;
+            if let Some(t) = self.timers.get(p) {
+                for (dir, ev) in [
+                    (Dir::Rx, WorkerEvent::RxTimer),
+                    (Dir::Tx, WorkerEvent::TxTimer),
+                ] {
+                    h.register_listener(t.of(dir).as_raw_fd(), EventSet::IN, u64::from(ev.id(nq)))?;
+                }
+            }
         }
         Ok(())
     }
@@ -188,7 +248,7 @@ impl NetBackend {
         // Not ready: the reader still fills the ring (and stops when it is full).
         let ready = vring.get_queue().ready() && vring.is_enabled();
         let pass = pair.rx_run(vring.get_queue_mut(), &mem, neg, ready);
-        self.finish(p, pass, &vring, &pair.counters.rx_interrupts);
+        self.finish(p, Dir::Rx, pass, &vring, &pair.counters.rx_interrupts);
     }
 
     fn run_tx(&self, p: usize, vrings: &[VringRwLock<GuestMem>]) {
@@ -200,14 +260,16 @@ impl NetBackend {
             return;
         }
         let pass = pair.tx_run(vring.get_queue_mut(), &mem, neg);
-        self.finish(p, pass, &vring, &pair.counters.tx_interrupts);
+        self.finish(p, Dir::Tx, pass, &vring, &pair.counters.tx_interrupts);
     }
 
     /// After a pass: interrupt the guest if the data path decided it wants
-    /// one, and come back through `resume` if work was left.
+    /// one, come back through `resume` if work was left, and through the
+    /// direction's timer if the rate limit held frames back.
     fn finish(
         &self,
         p: usize,
+        dir: Dir,
         pass: Pass,
         vring: &vhost_user_backend::VringState<GuestMem>,
         interrupts: &AtomicU64,
@@ -219,6 +281,17 @@ impl NetBackend {
                     "{}: queue {p}: cannot signal the guest: {e}",
                     self.device.settings.name
                 );
+            }
+        }
+        if let (Some(wait), Some(t)) = (pass.wait, self.timers.get(p)) {
+            // One-shot; re-armed by every held pass, so it fires once the
+            // tokens the last pass asked for are there.
+            if let Err(e) = t.of(dir).reset(wait, None) {
+                error!(
+                    "{}: queue {p}: cannot arm the rate-limit timer: {e}; resuming at once",
+                    self.device.settings.name
+                );
+                let _ = self.resume[p].write(1);
             }
         }
         if pass.work_left {
@@ -395,6 +468,22 @@ impl VhostUserBackend for NetBackend {
                     let _ = self.resume[p].read();
                     self.run_tx(p, vrings);
                     self.run_rx(p, vrings);
+                }
+                Some(ev @ (WorkerEvent::RxTimer | WorkerEvent::TxTimer)) => {
+                    let dir = if ev == WorkerEvent::RxTimer {
+                        Dir::Rx
+                    } else {
+                        Dir::Tx
+                    };
+                    if let Some(t) = self.timers.get(p) {
+                        // Expired: read its count so that epoll stops reporting
+                        // it (EAGAIN if a pass re-armed it meanwhile).
+                        let _ = t.of(dir).wait();
+                    }
+                    match dir {
+                        Dir::Rx => self.run_rx(p, vrings),
+                        Dir::Tx => self.run_tx(p, vrings),
+                    }
                 }
                 None => {}
             },

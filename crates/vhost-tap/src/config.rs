@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::metrics::MetricsAddr;
-use crate::settings::{DeviceSettings, FqSettings, Mode};
+use crate::settings::{DeviceSettings, FqSettings, Mode, RateLimit, TokenBucket};
 use crate::socket::{self, SocketAccess};
 
 /// Defaults, named.
@@ -96,7 +96,22 @@ pub struct RawDevice {
     pub socket_group: Option<Spanned<String>>,
     pub socket_mode: Option<Spanned<String>>,
     pub client: Option<Spanned<bool>>,
+    pub rx_rate_bytes: Option<Spanned<i64>>,
+    pub rx_rate_frames: Option<Spanned<i64>>,
+    pub rx_burst_bytes: Option<Spanned<i64>>,
+    pub rx_burst_frames: Option<Spanned<i64>>,
+    pub tx_rate_bytes: Option<Spanned<i64>>,
+    pub tx_rate_frames: Option<Spanned<i64>>,
+    pub tx_burst_bytes: Option<Spanned<i64>>,
+    pub tx_burst_frames: Option<Spanned<i64>>,
 }
+
+/// Highest rate limits accepted: 1 TB/s and 1 G frames/s (far above any
+/// TAP), and bursts of up to 1 TiB / 2^30 frames.
+const MAX_RATE_BYTES: i64 = 1_000_000_000_000;
+const MAX_RATE_FRAMES: i64 = 1_000_000_000;
+const MAX_BURST_BYTES: i64 = 1 << 40;
+const MAX_BURST_FRAMES: i64 = 1 << 30;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +181,34 @@ impl Origin<'_> {
             ));
         }
         T::try_from(n).map_err(|_| self.err(Some(v.span()), key, format!("{n} is out of range")))
+    }
+}
+
+impl Origin<'_> {
+    /// One token bucket from its rate and burst keys; a burst without a rate is an error.
+    fn bucket(
+        &self,
+        rate: &Option<Spanned<i64>>,
+        burst: &Option<Spanned<i64>>,
+        keys: (&str, &str),
+        max: (i64, i64),
+    ) -> Result<Option<TokenBucket>, ConfigError> {
+        let Some(r) = rate else {
+            return match burst {
+                Some(b) => Err(self.err(
+                    Some(b.span()),
+                    keys.1,
+                    format!("a burst needs a rate: set {} too", keys.0),
+                )),
+                None => Ok(None),
+            };
+        };
+        let rate: u64 = self.int(&Some(r.clone()), keys.0, 0, 1, max.0)?;
+        let b = TokenBucket::with_default_burst(rate);
+        Ok(Some(TokenBucket {
+            rate,
+            burst: self.int(burst, keys.1, b.burst, 1, max.1)?,
+        }))
     }
 }
 
@@ -312,6 +355,34 @@ impl RawDevice {
                 None => None,
             },
         };
+        let rx_limit = RateLimit {
+            bytes: o.bucket(
+                &self.rx_rate_bytes,
+                &self.rx_burst_bytes,
+                ("rx_rate_bytes", "rx_burst_bytes"),
+                (MAX_RATE_BYTES, MAX_BURST_BYTES),
+            )?,
+            frames: o.bucket(
+                &self.rx_rate_frames,
+                &self.rx_burst_frames,
+                ("rx_rate_frames", "rx_burst_frames"),
+                (MAX_RATE_FRAMES, MAX_BURST_FRAMES),
+            )?,
+        };
+        let tx_limit = RateLimit {
+            bytes: o.bucket(
+                &self.tx_rate_bytes,
+                &self.tx_burst_bytes,
+                ("tx_rate_bytes", "tx_burst_bytes"),
+                (MAX_RATE_BYTES, MAX_BURST_BYTES),
+            )?,
+            frames: o.bucket(
+                &self.tx_rate_frames,
+                &self.tx_burst_frames,
+                ("tx_rate_frames", "tx_burst_frames"),
+                (MAX_RATE_FRAMES, MAX_BURST_FRAMES),
+            )?,
+        };
         let client = self.client.as_ref().is_some_and(|v| *v.get_ref());
         if client && socket_access != SocketAccess::default() {
             let span = [&self.socket_owner, &self.socket_group, &self.socket_mode]
@@ -338,6 +409,8 @@ impl RawDevice {
                 mtu,
                 mode,
                 fq,
+                rx_limit,
+                tx_limit,
             },
             txqueuelen,
             ring_size_set: self.ring_size.is_some(),
@@ -600,6 +673,41 @@ mod tests {
             e.to_string().contains("the socket is the frontend's"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rate_limits_with_default_and_given_bursts() {
+        let dev = "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\n";
+        let d = parse(dev).unwrap();
+        assert!(d[0].device.rx_limit.is_unlimited() && d[0].device.tx_limit.is_unlimited());
+        let d = parse(&format!(
+            "{dev}rx_rate_bytes = 12500000\ntx_rate_frames = 1000\ntx_burst_frames = 8\n"
+        ))
+        .unwrap();
+        let s = &d[0].device;
+        assert_eq!(
+            s.rx_limit.bytes,
+            Some(TokenBucket {
+                rate: 12_500_000,
+                burst: 625_000
+            })
+        );
+        assert_eq!(s.rx_limit.frames, None);
+        assert_eq!(
+            s.tx_limit.frames,
+            Some(TokenBucket {
+                rate: 1000,
+                burst: 8
+            })
+        );
+        let e = parse(&format!("{dev}rx_burst_bytes = 9000\n")).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("rx_burst_bytes"))
+        );
+        assert!(e.message.contains("set rx_rate_bytes too"), "{e}");
+        let e = parse(&format!("{dev}tx_rate_bytes = 0\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("tx_rate_bytes")));
     }
 
     #[test]

@@ -97,6 +97,10 @@ counters! {
         rx_kicks,
         /// Kicks from the guest on the TX queue (it queued frames while we waited for them).
         tx_kicks,
+        /// Passes the RX rate limit held back (frames waited for tokens: in the ring and behind it, or in the AQM).
+        rx_rate_limited,
+        /// Passes the TX rate limit held back (frames waited for tokens in the guest's TX ring).
+        tx_rate_limited,
         /// Guest interrupts raised for the RX queue.
         rx_interrupts,
         /// Guest interrupts raised for the TX queue.

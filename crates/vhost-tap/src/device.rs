@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::{info, warn};
 
 use crate::counters::{DeviceReport, QueueCounters, QueueReport, ReportEvent};
-use crate::datapath::{QueuePair, TapQueue};
+use crate::datapath::{Limiter, QueuePair, TapQueue};
 use crate::mode::{self, Resolution};
 use crate::qdisc::Qdiscs;
 use crate::settings::{DeviceSettings, Mode};
@@ -70,9 +70,13 @@ impl Device {
         let first = decide(settings.mode, &tap);
         let tap = Arc::new(tap);
         let mut pairs = Vec::with_capacity(settings.queue_pairs);
+        // One limiter per direction, shared by the queue pairs: the limit is the device's.
+        let rx_limit = Limiter::new(settings.rx_limit);
+        let tx_limit = Limiter::new(settings.tx_limit);
         for i in 0..settings.queue_pairs {
             let io = Arc::new(TapQueue::new(tap.clone(), i));
             let mut pair = QueuePair::new(i, io, settings.ring_size, None);
+            pair.set_limits(rx_limit.clone(), tx_limit.clone());
             if first.mode == Mode::FqCodel {
                 pair.set_aqm(Some(fq_codel::FqCodel::try_new(settings.aqm())?));
             }

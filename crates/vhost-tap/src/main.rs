@@ -79,6 +79,31 @@ struct Cli {
     /// `-chardev socket,server=on,wait=off`) and reconnect when it restarts.
     #[arg(long)]
     client: bool,
+    /// Host → guest rate limit, bytes per second (Ethernet bytes; e.g.
+    /// 125000000 for 1 Gbit/s). Frames wait, never drop (docs/operations.md).
+    #[arg(long, value_name = "BYTES")]
+    rx_rate_bytes: Option<i64>,
+    /// Host → guest rate limit, frames per second.
+    #[arg(long, value_name = "N")]
+    rx_rate_frames: Option<i64>,
+    /// Host → guest burst in bytes (default: 50 ms of --rx-rate-bytes).
+    #[arg(long, value_name = "BYTES")]
+    rx_burst_bytes: Option<i64>,
+    /// Host → guest burst in frames (default: 50 ms of --rx-rate-frames).
+    #[arg(long, value_name = "N")]
+    rx_burst_frames: Option<i64>,
+    /// Guest → host rate limit, bytes per second.
+    #[arg(long, value_name = "BYTES")]
+    tx_rate_bytes: Option<i64>,
+    /// Guest → host rate limit, frames per second.
+    #[arg(long, value_name = "N")]
+    tx_rate_frames: Option<i64>,
+    /// Guest → host burst in bytes (default: 50 ms of --tx-rate-bytes).
+    #[arg(long, value_name = "BYTES")]
+    tx_burst_bytes: Option<i64>,
+    /// Guest → host burst in frames (default: 50 ms of --tx-rate-frames).
+    #[arg(long, value_name = "N")]
+    tx_burst_frames: Option<i64>,
     /// Serve Prometheus metrics at ADDR (127.0.0.1:9101, [::1]:9101 or
     /// unix:PATH; GET /metrics). Overrides the config file's `metrics`.
     #[arg(long, value_name = "ADDR")]
@@ -137,6 +162,14 @@ fn cli_device(cli: &Cli) -> Result<DeviceConfig, StartError> {
         socket_group: cli.socket_group.clone().and_then(s),
         socket_mode: cli.socket_mode.clone().and_then(s),
         client: s(cli.client),
+        rx_rate_bytes: cli.rx_rate_bytes.and_then(s),
+        rx_rate_frames: cli.rx_rate_frames.and_then(s),
+        rx_burst_bytes: cli.rx_burst_bytes.and_then(s),
+        rx_burst_frames: cli.rx_burst_frames.and_then(s),
+        tx_rate_bytes: cli.tx_rate_bytes.and_then(s),
+        tx_rate_frames: cli.tx_rate_frames.and_then(s),
+        tx_burst_bytes: cli.tx_burst_bytes.and_then(s),
+        tx_burst_frames: cli.tx_burst_frames.and_then(s),
     };
     Ok(raw.check_cli()?)
 }

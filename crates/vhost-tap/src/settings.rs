@@ -63,6 +63,48 @@ pub struct FqSettings {
     pub ecn: bool,
 }
 
+/// One token bucket: `rate` units (bytes or frames) per second, at most
+/// `burst` of them saved up while the direction is idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Units per second, at least 1.
+    pub rate: u64,
+    /// Units saved up at most, at least 1.
+    pub burst: u64,
+}
+
+impl TokenBucket {
+    /// The burst when none is configured: what the rate gives in
+    /// [`DEFAULT_BURST_MS`], so that a worker that wakes a few milliseconds
+    /// late (a busy 2-core host) loses none of the rate.
+    pub fn with_default_burst(rate: u64) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst: (rate.saturating_mul(DEFAULT_BURST_MS) / 1000).max(1),
+        }
+    }
+}
+
+/// The default burst, in milliseconds of the rate.
+pub const DEFAULT_BURST_MS: u64 = 50;
+
+/// The rate limit of one direction of a device, shared by its queue pairs:
+/// a frame goes only while every bucket given has tokens. Enforced by not
+/// moving frames (see `datapath/rate.rs`), so it creates backpressure,
+/// never loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Ethernet bytes (the virtio-net header not counted) per second.
+    pub bytes: Option<TokenBucket>,
+    pub frames: Option<TokenBucket>,
+}
+
+impl RateLimit {
+    pub fn is_unlimited(&self) -> bool {
+        self.bytes.is_none() && self.frames.is_none()
+    }
+}
+
 /// What a device is, independent of any connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSettings {
@@ -77,6 +119,10 @@ pub struct DeviceSettings {
     pub mode: Mode,
     /// FQ-CoDel parameters, for `Mode::FqCodel`.
     pub fq: FqSettings,
+    /// Host → guest (RX): frames into the guest's buffers.
+    pub rx_limit: RateLimit,
+    /// Guest → host (TX): frames taken from the guest's TX ring.
+    pub tx_limit: RateLimit,
 }
 
 impl DeviceSettings {

@@ -22,6 +22,7 @@
 //! | `error.rs` | [`QueueError`]: why a queue is broken |
 //! | `used.rs` | used-ring entries, published once per batch; interrupt decisions |
 //! | `aqm.rs` | FQ-CoDel mode's queue (glue to the `fq-codel` crate) |
+//! | `rate.rs` | rate limits: token buckets that hold frames back, never drop them |
 //! | [`slots`] | the ring's frame buffers |
 //! | [`tap_io`] | the TAP queue as a trait: the seam where tests inject errors |
 //!
@@ -39,6 +40,7 @@
 
 mod aqm;
 mod error;
+mod rate;
 mod rx_buffers;
 mod rx_direct;
 mod rx_ring;
@@ -63,6 +65,8 @@ use crate::guest::iovecs::IoVecs;
 use aqm::Aqm;
 pub use aqm::QueuedFrame;
 pub use error::QueueError;
+pub use rate::Limiter;
+use rate::Meter;
 use slots::Slots;
 pub use tap_io::{TapIo, TapQueue};
 use used::UsedBatch;
@@ -80,6 +84,8 @@ pub struct Pass {
     pub work_left: bool,
     /// The guest wants an interrupt for what this pass published.
     pub interrupt: bool,
+    /// The rate limit held frames back: run again after this long.
+    pub wait: Option<std::time::Duration>,
 }
 
 /// Frames moved in one batch, counted once per batch (not per frame).
@@ -151,6 +157,9 @@ pub struct QueuePair {
     iov: IoVecs,
     /// How long the last frame read was; both RX paths size reads by it.
     last_frame: vnet::LastFrame,
+    /// The device's rate limits, host → guest and guest → host.
+    rx_meter: Meter,
+    tx_meter: Meter,
 }
 
 impl QueuePair {
@@ -181,7 +190,15 @@ impl QueuePair {
             tx_used: UsedBatch::default(),
             iov: IoVecs::default(),
             last_frame: vnet::LastFrame::default(),
+            rx_meter: Meter::default(),
+            tx_meter: Meter::default(),
         }
+    }
+
+    /// Share the device's rate limits (`None`: that direction is not limited).
+    pub fn set_limits(&mut self, rx: Option<Arc<Limiter>>, tx: Option<Arc<Limiter>>) {
+        self.rx_meter = Meter::new(rx);
+        self.tx_meter = Meter::new(tx);
     }
 
     /// Forget the per-connection state (broken queues, TX waiting); frames in
@@ -263,6 +280,7 @@ impl QueuePair {
     ) -> Pass {
         let map = &crate::guest::map::GuestMap::new(mem);
         let mut moved = 0usize;
+        self.rx_meter.begin();
         if ready && !self.rx_broken && self.rx_kicks_on {
             // Kicks only matter while we wait for buffers (re-armed then).
             match queue.disable_notification(mem) {
@@ -302,9 +320,14 @@ impl QueuePair {
         }
         let wanted = self.rx_used.needs_notification(queue, mem);
         let interrupt = self.rx_ok(wanted).unwrap_or(false);
+        let wait = self.rx_meter.end();
+        if wait.is_some() {
+            QueueCounters::add(&self.counters.rx_rate_limited, 1);
+        }
         Pass {
             work_left,
             interrupt,
+            wait,
         }
     }
 

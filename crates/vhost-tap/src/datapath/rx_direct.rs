@@ -105,7 +105,7 @@ impl QueuePair {
         // One avail-index read for the batch: chains the guest posts
         // meanwhile wait for the next pass (or the ring path).
         let mut iter = queue.iter(map.mem()).map_err(QueueError::AvailRing)?;
-        while batch.read < budget && self.tap_readable {
+        while batch.read < budget && self.tap_readable && self.rx_meter.open() {
             let Some(slot) = self.producer.next_free_slot() else {
                 break;
             };
@@ -126,7 +126,10 @@ impl QueuePair {
             batch.read += 1;
             let settled = self.direct_settle(&mut iter, map, &ring, neg, slot, g, spill, n);
             match settled {
-                Ok(Settled::Delivered) => batch.delivered.add(n, neg.hdr_len),
+                Ok(Settled::Delivered) => {
+                    batch.delivered.add(n, neg.hdr_len);
+                    self.rx_meter.spend(n.saturating_sub(neg.hdr_len));
+                }
                 Ok(Settled::Dropped) => {}
                 Ok(Settled::Spilled) => break,
                 Err(e) => {

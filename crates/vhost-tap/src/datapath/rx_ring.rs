@@ -162,12 +162,20 @@ impl QueuePair {
                     let Some((slot, len)) = self.consumer.peek() else {
                         break;
                     };
+                    if !self.rx_meter.open() {
+                        break;
+                    }
                     let frame = self.slots.frame(slot, len.get());
                     let verdict =
                         deliver(queue, map, neg, &mut self.chains, &mut self.rx_used, frame);
                     (verdict, len.get())
                 }
                 Some(aqm) => {
+                    // Held back before the dequeue, so that CoDel judges
+                    // a frame's sojourn when it can really go.
+                    if aqm.is_empty() || !self.rx_meter.open() {
+                        break;
+                    }
                     let Some(frame) = aqm.head(&self.counters) else {
                         break;
                     };
@@ -184,7 +192,10 @@ impl QueuePair {
                 }
             };
             match verdict {
-                Ok(Delivery::Done) => tally.add(flen, neg.hdr_len),
+                Ok(Delivery::Done) => {
+                    tally.add(flen, neg.hdr_len);
+                    self.rx_meter.spend(flen.saturating_sub(neg.hdr_len));
+                }
                 Ok(Delivery::TooBig { len, capacity }) => {
                     QueueCounters::add(&self.counters.rx_dropped_too_big, 1);
                     log::debug!(

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::{Queue, QueueT};
@@ -579,5 +580,81 @@ fn fq_codel_reads_the_tap_dry_into_the_aqm_while_the_guest_has_no_buffers() {
     let _ = f.rx();
     assert_eq!(f.v.used_idx(), QSIZE);
     assert_eq!(get(&f.c.rx_aqm_backlog_frames), 600 - u64::from(QSIZE));
+    assert_eq!(f.c.dropped(), 0);
+}
+
+/// A limit of `frames` per pass: 1 frame per second with that burst, so
+/// that no token comes back while the test runs.
+fn frames_limit(burst: u64) -> Option<Arc<super::Limiter>> {
+    super::Limiter::new(crate::settings::RateLimit {
+        bytes: None,
+        frames: Some(crate::settings::TokenBucket { rate: 1, burst }),
+    })
+}
+
+#[test]
+fn an_rx_limit_holds_frames_in_the_ring_without_loss() {
+    let mut f = Fixture::new();
+    f.qp.set_limits(frames_limit(3), None);
+    f.v.post_rx(8);
+    f.tap
+        .read_script((0..6).map(|i| Step::Frame(tap_frame(60, i as u8))));
+    let pass = f.rx();
+    assert_eq!(f.v.used_idx(), 3, "the burst, then the limit holds");
+    let wait = pass.wait.expect("a held pass asks to come back");
+    assert!(wait > Duration::from_millis(500), "1 frame/s: {wait:?}");
+    assert!(!pass.work_left);
+    assert_eq!(get(&f.c.rx_rate_limited), 1);
+    // The rest was read into the ring, where it waits: nothing lost.
+    assert_eq!(f.tap.unread(), 0);
+    assert_eq!(f.c.dropped(), 0);
+    // Without the limit (as if tokens had come back) they all go, in order.
+    f.qp.set_limits(None, None);
+    let pass = f.rx();
+    assert_eq!((f.v.used_idx(), pass.wait), (6, None));
+    for n in 0..6u16 {
+        let (id, len) = f.v.used(n);
+        assert_eq!(
+            f.v.received(id, len)[HDR_LEN],
+            n as u8,
+            "frame {n} in order"
+        );
+    }
+}
+
+#[test]
+fn an_rx_limit_in_fq_codel_mode_leaves_the_queue_in_the_aqm() {
+    let mut f = Fixture::fq();
+    f.qp.set_limits(frames_limit(2), None);
+    f.v.post_rx(8);
+    f.tap
+        .read_script((0..100).map(|i| Step::Frame(tap_frame(60, i as u8))));
+    f.rx_until_done(10);
+    assert_eq!(f.v.used_idx(), 2);
+    // The reader still drained the TAP: the queue is the AQM's to manage.
+    assert_eq!(f.tap.unread(), 0);
+    assert_eq!(get(&f.c.rx_aqm_backlog_frames), 98);
+    assert_eq!(f.c.dropped(), 0);
+}
+
+#[test]
+fn a_tx_limit_leaves_chains_in_the_guests_ring() {
+    let mut f = Fixture::new();
+    f.qp.set_limits(None, frames_limit(2));
+    let frames: Vec<_> = (0..5).map(|i| tap_frame(60, i)).collect();
+    for fr in &frames {
+        f.v.post_tx(fr);
+    }
+    let pass = f.tx();
+    assert_eq!(f.written(), frames[..2].to_vec());
+    assert_eq!(f.v.used_idx(), 2, "the other chains stay with the guest");
+    assert!(pass.wait.is_some() && !pass.work_left);
+    assert_eq!(get(&f.c.tx_rate_limited), 1);
+    // Still held: nothing more goes until tokens come back.
+    assert!(f.tx().wait.is_some());
+    assert_eq!(f.written().len(), 2);
+    f.qp.set_limits(None, None);
+    let _ = f.tx();
+    assert_eq!(f.written(), frames);
     assert_eq!(f.c.dropped(), 0);
 }

@@ -36,6 +36,8 @@ enum Drained {
     Budget,
     /// The TAP is full; EPOLLOUT resumes.
     TapFull,
+    /// The rate limit held the rest back; the pair's timer resumes.
+    Limited,
 }
 
 impl QueuePair {
@@ -52,10 +54,16 @@ impl QueuePair {
         }
         let map = &GuestMap::new(mem);
         let mut sent = Tally::default();
+        self.tx_meter.begin();
         let drained = self.tx_drain(queue, map, neg, &mut sent);
         sent.publish_tx(&self.counters);
+        let wait = self.tx_meter.end();
         let work_left = match drained {
             Ok(Drained::Budget) => true,
+            Ok(Drained::Limited) => {
+                QueueCounters::add(&self.counters.tx_rate_limited, 1);
+                false
+            }
             Ok(Drained::TapFull) => {
                 self.tx_blocked = true;
                 QueueCounters::add(&self.counters.tx_tap_full, 1);
@@ -75,6 +83,7 @@ impl QueuePair {
         Pass {
             work_left,
             interrupt,
+            wait,
         }
     }
 
@@ -149,6 +158,12 @@ impl QueuePair {
                 iter.go_to_previous_position();
                 return Ok(Some(Drained::Budget));
             }
+            if !self.tx_meter.open() {
+                // The chain stays in the guest's ring: its queue fills and
+                // stops, and the guest's qdisc holds the rest.
+                iter.go_to_previous_position();
+                return Ok(Some(Drained::Limited));
+            }
             chain::walk(
                 map,
                 table.addr,
@@ -158,7 +173,11 @@ impl QueuePair {
                 chain,
             )?;
             match self.send(map, chain, neg)? {
-                Sent::Frame => sent.add(chain.total_len as usize, neg.hdr_len),
+                Sent::Frame => {
+                    let len = chain.total_len as usize;
+                    sent.add(len, neg.hdr_len);
+                    self.tx_meter.spend(len.saturating_sub(neg.hdr_len));
+                }
                 Sent::Dropped => {}
                 Sent::TapFull => {
                     // The chain stays in the guest's ring; EPOLLOUT resumes.
