@@ -24,6 +24,9 @@
 //! - `--mode auto`: backpressure with fq_codel on the TAP, fq-codel with
 //!   noqueue, the reason logged, re-evaluated when a frontend connects; with
 //!   2 queue pairs every queue carries the flag.
+//! - a host → guest rate limit (`--rx-rate-bytes`, issue 13) in backpressure
+//!   mode with the flag, below a faster bridge: the limit within 5 %, the
+//!   queue in the qdisc, no tail drops, no daemon drops (`bp-rate`).
 //!
 //! The latency bound holds only because the daemon keeps the FIFO behind
 //! the qdisc short in this mode (txqueuelen 64, ring 32; since 5ba5480):
@@ -85,6 +88,14 @@ const MEASURED: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The rate-limit scenario (issue 13): the daemon's host → guest limit,
+/// below a faster bridge, so that the daemon holds frames back; with the
+/// flag the queue must form in the qdisc, not in the tun ring.
+const RATE_LIMITED: &str = "bp-rate";
+/// 8 Mbit/s of Ethernet bytes.
+const RX_LIMIT_BYTES: u64 = 1_000_000;
+const RATE_LIMITED_BRIDGE_MBIT: f64 = 40.0;
+
 /// The one boot's results, shared by the tests.
 struct Run {
     scenarios: BTreeMap<String, ScenarioOut>,
@@ -102,6 +113,9 @@ fn calls() -> String {
             "k73_measured {name} {RATE_MBIT} {SECS} {WARMUP_S} {FLOWS} {args}\n"
         ));
     }
+    s.push_str(&format!(
+        "k73_measured {RATE_LIMITED} {RATE_LIMITED_BRIDGE_MBIT} {SECS} {WARMUP_S} {FLOWS} --mode backpressure --rx-rate-bytes {RX_LIMIT_BYTES}\n"
+    ));
     for f in [
         "k73_auto_created",
         "k73_auto_noqueue",
@@ -118,7 +132,7 @@ fn boot_and_run() -> Result<Run, String> {
     build_image();
     let mut vm = K73Vm::boot(&calls());
     let per = SECS + WARMUP_S + 30;
-    let text = vm.finish(Duration::from_secs(120 + per * MEASURED.len() as u64))?;
+    let text = vm.finish(Duration::from_secs(120 + per * (MEASURED.len() as u64 + 1)))?;
     let wall_s = vm.elapsed();
     let scenarios = parse_console(&text);
     let mut errs = Vec::new();
@@ -556,6 +570,72 @@ fn k73_backpressure_flag_on_fairness() {
         100.0 * spread(&l["bp-on-long"].flows),
         fails.join("; ")
     );
+}
+
+/// A host → guest rate limit in backpressure mode with the flag: the
+/// daemon holds frames back by not reading, so the queue forms in the
+/// qdisc (backlog, drops or marks there), the tun driver drops nothing,
+/// the daemon drops nothing, and the bytes tun hands the daemon over the
+/// measured window are the limit within 5 %.
+#[test]
+#[ignore = "needs root, QEMU and the 7.3 VM (vm-images/k73): run by tests/run.sh"]
+fn k73_rate_limit_queues_in_the_qdisc() {
+    let g = run();
+    let run = the(&g);
+    let sc = run
+        .scenarios
+        .get(RATE_LIMITED)
+        .unwrap_or_else(|| panic!("scenario {RATE_LIMITED} printed nothing"));
+    let m = Load::of(RATE_LIMITED, "backpressure, IFF_BACKPRESSURE, RX limit", sc);
+    let w: Vec<f64> = sc
+        .get("window_bytes")
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert_eq!(
+        w.len(),
+        3,
+        "window_bytes BYTES UPTIME0 UPTIME1: {:?}",
+        sc.values
+    );
+    let rate = w[0] / (w[2] - w[1]);
+    let off = rate / RX_LIMIT_BYTES as f64 - 1.0;
+    eprintln!(
+        "{RATE_LIMITED}: limit {RX_LIMIT_BYTES} B/s, tun handed the daemon {rate:.0} B/s over {:.1} s ({:+.2} %); \
+         tail drops {}, qdisc backlog max {} pkts, qdisc drops {} marks {}, daemon rate_limited {}, reader stops {}, ping p50/p99 {:.0}/{:.0} ms, flows {:?} Mbit/s",
+        w[2] - w[1],
+        off * 100.0,
+        m.tail_drops,
+        m.backlog_max.0,
+        m.qdisc.dropped,
+        m.qdisc.ecn_mark,
+        m.d("rx_rate_limited"),
+        m.d("rx_reader_stops"),
+        m.p50,
+        m.p99,
+        m.flows
+    );
+    let mut fails = check_queue_in_qdisc(&m);
+    if off.abs() > 0.05 {
+        fails.push(format!(
+            "{rate:.0} B/s is {:+.1} % off the limit {RX_LIMIT_BYTES} B/s",
+            off * 100.0
+        ));
+    }
+    let dropped: u64 = m
+        .daemon
+        .iter()
+        .filter(|(k, _)| k.contains("_dropped_"))
+        .map(|(_, v)| v)
+        .sum();
+    if dropped != 0 {
+        fails.push(format!("the daemon dropped {dropped} frames"));
+    }
+    if m.d("rx_rate_limited") == 0 {
+        fails.push("the limit never held a pass back".into());
+    }
+    assert!(fails.is_empty(), "rate limit on 7.3: {}", fails.join("; "));
 }
 
 #[test]

@@ -139,6 +139,12 @@ k73_load() { # SECS WARM FLOWS
 	sleep "$2" # the warm-up iperf3 leaves out (slow start): a schedule, not a wait for a state
 	/usr/bin/ping -n -i 0.05 -W 2 -c $((($1 - 1) * 20)) $K73_GUEST_IP >/tmp/$K73_SC.ping 2>&1 &
 	_ping=$!
+	# The bytes tun handed to the daemon over the ping's run (inside the
+	# iperf3 run): sampled with their uptime at the start and at every
+	# second while the ping still runs.
+	read -r _u0 _ </proc/uptime
+	_b0=$(k73_stat tx_bytes)
+	_u1=$_u0 _b1=$_b0
 	: >/tmp/$K73_SC.samples
 	: >/tmp/$K73_SC.fifo
 	# Every second until ping has exited (a zombie until `wait`: state Z):
@@ -151,8 +157,11 @@ k73_load() { # SECS WARM FLOWS
 		_q=$(/usr/sbin/tc -s qdisc show dev $K73_TAP)
 		echo "$_q" | grep -m1 backlog >>/tmp/$K73_SC.samples
 		echo $(($(k73_fifo "$_q") - _fifo0)) >>/tmp/$K73_SC.fifo
+		read -r _u1 _ </proc/uptime
+		_b1=$(k73_stat tx_bytes)
 		sleep 1
 	done
+	k73 window_bytes $((_b1 - _b0)) $_u0 $_u1
 	wait $_ping
 	wait $_cli
 	k73 tail_drops $(($(k73_stat tx_dropped) - _d0))

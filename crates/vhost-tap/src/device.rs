@@ -73,6 +73,14 @@ impl Device {
         // One limiter per direction, shared by the queue pairs: the limit is the device's.
         let rx_limit = Limiter::new(settings.rx_limit);
         let tx_limit = Limiter::new(settings.tx_limit);
+        for (dir, l) in [
+            ("host → guest", settings.rx_limit),
+            ("guest → host", settings.tx_limit),
+        ] {
+            if !l.is_unlimited() {
+                info!("{}: {dir} rate limit {}", settings.name, l.describe());
+            }
+        }
         for i in 0..settings.queue_pairs {
             let io = Arc::new(TapQueue::new(tap.clone(), i));
             let mut pair = QueuePair::new(i, io, settings.ring_size, None);

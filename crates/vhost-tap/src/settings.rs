@@ -103,6 +103,15 @@ impl RateLimit {
     pub fn is_unlimited(&self) -> bool {
         self.bytes.is_none() && self.frames.is_none()
     }
+
+    /// For the log: "12500000 bytes/s (burst 625000), 1000 frames/s (burst 50)".
+    pub fn describe(&self) -> String {
+        [(self.bytes, "bytes"), (self.frames, "frames")]
+            .into_iter()
+            .filter_map(|(b, unit)| b.map(|b| format!("{} {unit}/s (burst {})", b.rate, b.burst)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// What a device is, independent of any connection.
