@@ -1,10 +1,10 @@
 //! Harness for the end-to-end tests, on top of the workspace's test kit
 //! (`testkit`: the daemon, its counters, temp dirs, waits): QEMU guests
-//! ([`Guest`]), the slow guest of [`slowguest`], host-side TCP transfers.
-//! Processes started here are stopped by PID, and the files they use are
-//! removed, when the guard drops — also when the test fails. On failure the
-//! guards print the logs (guest console, bridge log) so that the cause is
-//! visible in CI output.
+//! ([`Guest`], also run as another user: [`RunAs`]), the slow guest of
+//! [`slowguest`], host-side TCP transfers. Processes started here are
+//! stopped by PID, and the files they use are removed, when the guard drops
+//! — also when the test fails. On failure the guards print the logs (guest
+//! console, bridge log) so that the cause is visible in CI output.
 //!
 //! Every test here needs root and the peers `tests/setup-host.sh` installs
 //! (QEMU, DPDK, trafgen): they are `#[ignore]`d with that reason, and
@@ -44,12 +44,31 @@ impl Guest {
 
     /// Boot against `socket` running `script` (shell text) in the guest.
     pub fn boot(socket: &Path, script: &str, args: &[&str]) -> Guest {
+        Guest::launch(None, socket, script, args)
+    }
+
+    /// [`Guest::boot`] with QEMU running as `user`: its directory (script,
+    /// console, pidfile) is given to the user, and the guest images must be
+    /// readable by it (vm-images/out is world-readable).
+    pub fn boot_as(user: &RunAs, socket: &Path, script: &str, args: &[&str]) -> Guest {
+        Guest::launch(Some(user), socket, script, args)
+    }
+
+    fn launch(user: Option<&RunAs>, socket: &Path, script: &str, args: &[&str]) -> Guest {
         let dir = TempDir::new("g");
         let script_path = dir.join("run.sh");
         fs::write(&script_path, script).expect("script");
         let console = dir.join("console.log");
         let pidfile = dir.join("qemu.pid");
-        let out = Command::new(repo().join("vm-images/run-guest.sh"))
+        let run_guest = repo().join("vm-images/run-guest.sh");
+        let mut cmd = match user {
+            Some(u) => {
+                u.chown(&dir);
+                u.command(&run_guest)
+            }
+            None => Command::new(&run_guest),
+        };
+        let out = cmd
             .args(["-s", socket.to_str().unwrap()])
             .args(["-S", script_path.to_str().unwrap()])
             .args(["-l", console.to_str().unwrap()])
@@ -207,6 +226,81 @@ impl Drop for Guest {
         if std::thread::panicking() {
             eprintln!("---- guest console ----\n{}", self.console_text());
         }
+    }
+}
+
+/// A user to run a process as (QEMU, in [`Guest::boot_as`]), through
+/// setpriv(1): real and effective uid and gid become the user's, and the
+/// supplementary groups either the user's from the group database or none.
+/// Root's capabilities go with the change of uid.
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    /// The user's primary group.
+    pub gid: u32,
+    /// With the user's supplementary groups (`--init-groups`), or none
+    /// (`--clear-groups`).
+    pub groups: bool,
+}
+
+impl RunAs {
+    /// `user` with its supplementary groups; panics if there is no such user.
+    pub fn user(user: &str) -> RunAs {
+        let id = |flag: &str| -> u32 {
+            sh(&format!("id {flag} -- '{user}'"))
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("id {flag} {user}: {e}"))
+        };
+        RunAs {
+            user: user.to_string(),
+            uid: id("-u"),
+            gid: id("-g"),
+            groups: true,
+        }
+    }
+
+    /// `user` in its primary group only, without its supplementary groups.
+    pub fn without_groups(user: &str) -> RunAs {
+        RunAs {
+            groups: false,
+            ..RunAs::user(user)
+        }
+    }
+
+    /// A command that runs `program` as this user (setpriv execs it: the
+    /// child's PID is the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg(if self.groups {
+                "--init-groups"
+            } else {
+                "--clear-groups"
+            })
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    /// Give `path` to the user and its primary group (e.g. a directory
+    /// where its process creates files).
+    pub fn chown(&self, path: &Path) {
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+            .unwrap_or_else(|e| panic!("chown {} to {}: {e}", path.display(), self.user));
+    }
+}
+
+impl std::fmt::Display for RunAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let groups = if self.groups {
+            "with its groups"
+        } else {
+            "without supplementary groups"
+        };
+        write!(f, "{} (uid {}, {groups})", self.user, self.uid)
     }
 }
 
