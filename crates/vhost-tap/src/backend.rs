@@ -35,6 +35,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::counters::QueueCounters;
 use crate::datapath::{Negotiated, Pass};
 use crate::device::Device;
+use crate::guest::fault::Registration;
 
 /// The virtio features the backend offers: virtio-net's with the
 /// offloads both ways, mergeable RX buffers, multi-queue, and the ring
@@ -151,10 +152,18 @@ fn tap_offloads(acked: u64) -> u32 {
 /// Guest memory as the rust-vmm crates pass it around (no dirty bitmap: no live migration).
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
+/// One memory table and its SIGBUS registration.
+struct Memory {
+    mem: GuestMem,
+    fault: Registration,
+}
+
 /// The `VhostUserBackend` of one connection.
 pub struct NetBackend {
     device: Arc<Device>,
-    mem: RwLock<Option<GuestMem>>,
+    mem: RwLock<Option<Memory>>,
+    /// A memory fault was reported for this connection (one log line).
+    fault_logged: AtomicBool,
     acked: AtomicU64,
     features_acked: AtomicBool,
     /// One per queue pair: written when a worker leaves work for later.
@@ -190,6 +199,7 @@ impl NetBackend {
             timers,
             device,
             mem: RwLock::new(None),
+            fault_logged: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             features_acked: AtomicBool::new(false),
             resume,
@@ -227,12 +237,31 @@ impl NetBackend {
         Negotiated::from_features(self.acked.load(Ordering::Acquire))
     }
 
+    /// The guest memory for a pass, or `None` while there is none — or
+    /// while a region of it has faulted (see `guest/fault.rs`): then every
+    /// queue pair stops, with one log line, until a new memory table.
     fn memory(&self) -> Option<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap<()>>> {
-        self.mem
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|m| m.memory())
+        let g = self.mem.read().unwrap_or_else(|p| p.into_inner());
+        let m = g.as_ref()?;
+        if let Some((host, len)) = m.fault.faulted() {
+            self.memory_faulted(host, len);
+            return None;
+        }
+        Some(m.mem.memory())
+    }
+
+    /// A region the frontend shrank under us: stop every queue, say so once.
+    fn memory_faulted(&self, host: usize, len: usize) {
+        // Relaxed: only one log line is at stake, not any other memory.
+        if !self.fault_logged.swap(true, Ordering::Relaxed) {
+            error!(
+                "{}: the frontend shrank the file behind guest memory at host {host:#x} ({len} bytes) while it was in use (SIGBUS, contained: the region now reads as zeros); every queue stops until the frontend sends a new memory table or reconnects",
+                self.device.settings.name
+            );
+            for p in 0..self.device.pairs.len() {
+                QueueCounters::add(&self.device.counters[p].guest_memory_faults, 1);
+            }
+        }
     }
 
     /// `vrings`: this pair's RX and TX vrings (the worker's share).
@@ -395,7 +424,16 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|p| p.into_inner()) = Some(mem);
+        // Registered before it is used; the previous table's registration
+        // drops (unregisters) after the swap.
+        let fault = Registration::new(&mem.memory());
+        let old = self
+            .mem
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(Memory { mem, fault });
+        drop(old);
+        self.fault_logged.store(false, Ordering::Relaxed);
         Ok(())
     }
 

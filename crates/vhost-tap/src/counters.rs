@@ -71,8 +71,12 @@ counters! {
         tx_dropped_too_short,
         /// Guest TX chains longer than the largest frame the TAP accepts.
         tx_dropped_too_big,
-        /// Frames the TAP refused with an error other than "try again" (e.g. a bad GSO header, link down).
+        /// Frames the TAP refused with an error other than those below or "try again" (e.g. a bad GSO header).
         tx_dropped_tap_error,
+        /// Frames the guest sent while the TAP was down (EIO; the kernel drops them too, as a NIC without carrier).
+        tx_dropped_link_down,
+        /// Frames the guest sent after the TAP was deleted under the daemon (EBADFD), before the device stopped.
+        tx_dropped_tap_gone,
         /// Times the RX queue was found broken by a malformed descriptor chain or avail index.
         rx_queue_broken,
         /// Times the TX queue was found broken by a malformed descriptor chain or avail index.
@@ -101,6 +105,10 @@ counters! {
         rx_rate_limited,
         /// Passes the TX rate limit held back (frames waited for tokens in the guest's TX ring).
         tx_rate_limited,
+        /// Times this pair found its TAP deleted under the daemon (EBADFD): the device then stops.
+        tap_gone,
+        /// Times this pair stopped because the frontend shrank the file behind a guest memory region while in use (the SIGBUS contained; every queue waits for a new memory table).
+        guest_memory_faults,
         /// Guest interrupts raised for the RX queue.
         rx_interrupts,
         /// Guest interrupts raised for the TX queue.

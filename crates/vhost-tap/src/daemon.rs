@@ -372,6 +372,31 @@ impl Devices {
         }
     }
 
+    /// Stop the devices whose TAP was deleted under them (a queue read or
+    /// wrote EBADFD): their frontend is let go, their socket removed; the
+    /// others keep serving. A reload (SIGHUP) starts such a device again,
+    /// since it is in the file but no longer running.
+    pub fn stop_gone_taps(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if !self.running[i].server.device.tap_gone() {
+                i += 1;
+                continue;
+            }
+            let r = self.running.remove(i);
+            let name = r.name().to_string();
+            error!(
+                "{name}: its TAP was deleted under the daemon; the device stops (its frontend is let go, its socket removed); a reload (SIGHUP) starts it again"
+            );
+            r.stop(
+                &self.exporter,
+                ReportEvent::Exit,
+                &format!("{name}: stopped, its TAP is gone; final counters"),
+            );
+            self.publish();
+        }
+    }
+
     /// Stop every device and remove the private directory.
     pub fn shutdown(mut self) {
         self.exporter.set(Vec::new());

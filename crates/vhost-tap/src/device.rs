@@ -196,6 +196,14 @@ impl Device {
         info!("{}", r.to_log_line());
     }
 
+    /// Whether a queue found the TAP deleted under the daemon (EBADFD):
+    /// the device can no longer carry a frame and should be stopped.
+    pub fn tap_gone(&self) -> bool {
+        self.counters
+            .iter()
+            .any(|c| c.tap_gone.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    }
+
     /// Lock a queue pair, recovering it if a worker panicked while holding it.
     pub fn pair(&self, i: usize) -> MutexGuard<'_, QueuePair> {
         self.pairs[i].lock().unwrap_or_else(|p| p.into_inner())

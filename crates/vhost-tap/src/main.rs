@@ -361,10 +361,16 @@ fn run(cli: &Cli) -> Result<(), StartError> {
     vhost_tap::notify::ready(all.len());
 
     loop {
-        // While a change waits for a frontend to leave, look twice a second.
-        let timeout = all.has_pending().then(|| Duration::from_millis(500));
-        let Some(sig) = wait_signal(&sigs, timeout) else {
+        // Look at the devices twice a second while a change waits for a
+        // frontend to leave, else every second (a TAP deleted under a device).
+        let timeout = if all.has_pending() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(1)
+        };
+        let Some(sig) = wait_signal(&sigs, Some(timeout)) else {
             all.apply_pending();
+            all.stop_gone_taps();
             continue;
         };
         match sig {
@@ -381,6 +387,7 @@ fn run(cli: &Cli) -> Result<(), StartError> {
             ),
         }
         all.apply_pending();
+        all.stop_gone_taps();
     }
     if let Some(m) = metrics {
         m.stop();

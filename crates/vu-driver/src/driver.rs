@@ -817,6 +817,14 @@ impl Driver {
         self.mem.iter().map(|r| r.len()).sum()
     }
 
+    /// The file behind guest memory (a memfd), for tests that change it
+    /// under the backend (e.g. shrink it, as a hostile frontend might).
+    /// After shrinking it, do not touch guest memory through this driver:
+    /// its own mapping faults (SIGBUS) past the new end too.
+    pub fn memory_file(&self) -> Option<&File> {
+        Some(self.mem.iter().next()?.file_offset()?.file())
+    }
+
     /// GET_VRING_BASE on every vring (as QEMU does at stop), then closes the socket.
     pub fn disconnect(self) -> Result<(), Error> {
         for i in 0..self.vrings.len() {

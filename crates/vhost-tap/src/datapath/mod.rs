@@ -54,7 +54,7 @@ use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use log::{error, warn};
+use log::{error, info, warn};
 use ptr_ring::{Consumer, Producer};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -138,6 +138,10 @@ pub struct QueuePair {
     tap_readable: bool,
     /// A TAP write returned EAGAIN/ENOBUFS; TX waits for EPOLLOUT.
     tx_blocked: bool,
+    /// The TAP answered EBADFD (deleted under us); said once.
+    tap_gone: bool,
+    /// A TAP write answered EIO (the TAP is down); said once per spell.
+    link_down: bool,
     /// The guest broke a queue; it is left alone until the next connection.
     rx_broken: bool,
     tx_broken: bool,
@@ -181,6 +185,8 @@ impl QueuePair {
             counters: Arc::new(QueueCounters::default()),
             tap_readable: true,
             tx_blocked: false,
+            tap_gone: false,
+            link_down: false,
             rx_broken: false,
             tx_broken: false,
             rx_kicks_on: true,
@@ -344,12 +350,56 @@ impl QueuePair {
         if e.raw_os_error() == Some(libc::EFAULT) {
             QueueCounters::add(&self.counters.rx_dropped_read_fault, 1);
         }
+        self.tap_readable = false;
+        if e.raw_os_error() == Some(libc::EBADFD) {
+            self.tap_is_gone();
+            return;
+        }
         warn!(
             "tap: {} queue {}: read failed: {e}",
             self.tap.name(),
             self.index
         );
         self.tap_readable = false;
+    }
+
+    /// The TAP answered EBADFD: it was deleted under us (`ip link del`),
+    /// and this queue's fd will never carry a frame again. Said once; the
+    /// device is stopped by the daemon (see `Device::tap_gone`).
+    fn tap_is_gone(&mut self) {
+        if !self.tap_gone {
+            self.tap_gone = true;
+            QueueCounters::add(&self.counters.tap_gone, 1);
+            error!(
+                "tap: {} queue {}: the TAP is gone (EBADFD: deleted under the daemon?); the device stops",
+                self.tap.name(),
+                self.index
+            );
+        }
+    }
+
+    /// A TAP write failed with EIO: the TAP is down. Said once per spell.
+    fn tap_is_down(&mut self) {
+        QueueCounters::add(&self.counters.tx_dropped_link_down, 1);
+        if !self.link_down {
+            self.link_down = true;
+            warn!(
+                "tap: {} queue {}: the TAP is down (EIO): guest → host frames are dropped, counted as tx_dropped_link_down, until it is up",
+                self.tap.name(),
+                self.index
+            );
+        }
+    }
+
+    /// A TAP write went through: if the TAP was down, say it is up again.
+    fn tap_is_up(&mut self) {
+        if std::mem::take(&mut self.link_down) {
+            info!(
+                "tap: {} queue {}: the TAP is up again; guest → host frames flow",
+                self.tap.name(),
+                self.index
+            );
+        }
     }
 
     /// The value of `r`, or `None` after breaking the RX queue with its error.

@@ -222,10 +222,24 @@ impl QueuePair {
             // the mapping outlives this call); writev only reads them.
             let r = unsafe { self.tap.writev(&self.iov.0) };
             return Ok(match r {
-                Ok(_) => Sent::Frame,
+                Ok(_) => {
+                    self.tap_is_up();
+                    Sent::Frame
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::TapFull,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Sent::TapFull,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The TAP is down (the kernel drops the frame too): like a
+                // NIC without carrier, the frame is lost, and counted.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    self.tap_is_down();
+                    Sent::Dropped
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
+                    QueueCounters::add(&self.counters.tx_dropped_tap_gone, 1);
+                    self.tap_is_gone();
+                    Sent::Dropped
+                }
                 Err(e) => {
                     QueueCounters::add(&self.counters.tx_dropped_tap_error, 1);
                     log::debug!("tx: queue {}: the TAP refused a frame: {e}", self.index);

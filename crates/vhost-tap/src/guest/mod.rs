@@ -9,8 +9,11 @@
 //! - [`map`]: guest memory as host addresses, for the per-frame accesses.
 //! - [`chain`]: descriptor chains checked before use; one error per defect.
 //! - [`iovecs`]: scatter-gather over checked chains.
+//! - [`fault`]: a frontend that shrinks a region's file under us: the
+//!   SIGBUS contained to its connection.
 
 pub mod chain;
+pub mod fault;
 pub mod iovecs;
 pub mod map;
 
