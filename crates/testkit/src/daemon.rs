@@ -274,12 +274,46 @@ impl Daemon {
         for (s, _) in self.devices.iter().filter(|_| !self.client) {
             let _ = fs::remove_file(s);
         }
+        self.start_again();
+        st
+    }
+
+    /// SIGKILL the daemon (no cleanup: its sockets stay behind, stale) and
+    /// start it again on the same arguments; the exit status of the killed one.
+    pub fn kill_and_restart(&mut self) -> Option<ExitStatus> {
+        let st = match self.child.as_mut() {
+            Some(c) if self.exit.is_none() => {
+                let _ = c.kill();
+                c.wait().ok()
+            }
+            _ => self.exit,
+        };
+        // The stale sockets are still there: wait for the new daemon's own
+        // "listening" lines, not for the files.
+        let listening = |d: &Daemon| d.log_text().matches(": listening on ").count();
+        let before = listening(self);
+        self.start_again();
+        let want = before + self.devices.len();
+        let up = wait_for(LISTEN_TIMEOUT, || (listening(self) >= want).then_some(()));
+        assert!(
+            up.is_some(),
+            "the restarted daemon did not listen within {LISTEN_TIMEOUT:?}; log:\n{}",
+            self.log_text()
+        );
+        st
+    }
+
+    fn start_again(&mut self) {
         let child = spawn(&self.bin, &self.args, &self.log);
         self.pid = child.id();
         self.child = Some(child);
         self.exit = None;
         self.wait_listening();
-        st
+    }
+
+    /// Whether the daemon runs in client mode (`--client`).
+    pub fn client(&self) -> bool {
+        self.client
     }
 
     /// Wait until a log line contains every one of `needles`; that line.

@@ -269,3 +269,58 @@ fn a_deleted_tap_stops_only_its_device() {
     check_both_ways(&t.d, &mut a2, 0);
     b.finish();
 }
+
+/// A frontend killed mid-message (its socket closes with half a header, or
+/// with a header whose payload never comes): A ends that connection with a
+/// line and listens again, a new frontend is served, B never notices.
+#[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
+fn a_frontend_killed_mid_message_ends_only_its_connection() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let t = two_devices("");
+    let b = Bystander::start(&t.b.0, &t.b.1);
+    // SET_OWNER (1), flags 1 (version), size 0: a whole header is 12 bytes.
+    let owner: [u8; 12] = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    // SET_FEATURES (2) claiming an 8-byte payload.
+    let features: [u8; 12] = [2, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0];
+    let cuts: [(&[u8], &str); 2] = [
+        (&owner[..6], "connection closed in the middle of a message"),
+        (
+            &features[..],
+            "connection closed between header and payload",
+        ),
+    ];
+    for (k, (cut, why)) in cuts.into_iter().enumerate() {
+        let mut s = UnixStream::connect(&t.a.0).expect("connect to A");
+        if k == 1 {
+            s.write_all(&owner).unwrap();
+        }
+        s.write_all(cut).unwrap();
+        drop(s); // what SIGKILL does to the frontend's end
+        let n = k + 1;
+        let said = t.d.wait_log(
+            &[&format!("{}: connection {n}: relay", t.a.1), why],
+            Duration::from_secs(10),
+        );
+        assert!(
+            said.is_some(),
+            "no line saying {why:?}:\n{}",
+            t.d.log_text()
+        );
+        let ended = t.d.wait_log(
+            &[&format!("frontend gone (connection {n})")],
+            Duration::from_secs(10),
+        );
+        assert!(
+            ended.is_some(),
+            "connection {n} did not end:\n{}",
+            t.d.log_text()
+        );
+        b.keeps_going(2, "while A's frontend died mid-message");
+    }
+    let mut a = driver(&t.a.0);
+    check_both_ways(&t.d, &mut a, 0);
+    t.d.assert_no_panic();
+    b.finish();
+}
