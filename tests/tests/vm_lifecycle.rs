@@ -1,7 +1,9 @@
 //! VM lifecycle with a real QEMU 10 guest: the guest reboots inside the same
 //! QEMU (the device is reset and set up again on the same vhost-user
 //! connection), and the daemon is restarted under a running QEMU that
-//! reconnects (`reconnect-ms`). Traffic must resume within 5 s each time.
+//! reconnects (`reconnect-ms`): every other time with SIGKILL (no cleanup,
+//! a stale socket for the new daemon to replace). Traffic must resume
+//! within 5 s each time.
 //!
 //! The same restart in client mode (QEMU listens, the daemon connects).
 //!
@@ -165,7 +167,14 @@ fn restarts_resume(d: &mut Daemon, g: &Guest, (h, gip, gmac): (&str, &str, &str)
     for k in 1..=restarts {
         let old_mac = d.tap_mac();
         let t_stop = Instant::now();
-        let st = d.restart();
+        // Every other restart is a SIGKILL: no cleanup, a stale socket left
+        // for the new daemon to replace. (Client mode: SIGTERM only.)
+        let killed = k % 2 == 0 && !d.client();
+        let st = if killed {
+            d.kill_and_restart()
+        } else {
+            d.restart()
+        };
         let t_new = Instant::now();
         // A ping answered from here on went through the new daemon.
         let before = g.console_text().len();
@@ -195,16 +204,22 @@ fn restarts_resume(d: &mut Daemon, g: &Guest, (h, gip, gmac): (&str, &str, &str)
         let fails = g.console_text()[before..].matches("GPING-FAIL").count();
         testkit::stop(&mut pinger, Duration::from_secs(1));
         eprintln!(
-            "daemon restart {k}: old daemon exited {st:?} after {:.2} s; TAP MAC {old_mac} → {}; \
+            "daemon restart {k} ({}): old daemon exited {st:?} after {:.2} s; TAP MAC {old_mac} → {}; \
              guest ping answered again {resumed:?} after the new daemon started ({fails} \
              pings failed meanwhile)",
+            if killed { "SIGKILL" } else { "SIGTERM" },
             (t_new - t_stop).as_secs_f64(),
             d.tap_mac()
         );
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "the old daemon did not exit cleanly: {st:?}"
-        );
+        if killed {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(st.and_then(|s| s.signal()), Some(9), "{st:?}");
+        } else {
+            assert!(
+                st.is_some_and(|s| s.success()),
+                "the old daemon did not exit cleanly: {st:?}"
+            );
+        }
         let Some(resumed) = resumed else {
             let c = d.counters();
             panic!(
@@ -239,7 +254,7 @@ fn restarts_resume(d: &mut Daemon, g: &Guest, (h, gip, gmac): (&str, &str, &str)
     assert_eq!(c.dropped(), 0, "{c:?}");
 }
 
-/// The daemon is stopped (SIGTERM by PID) and started again on the same
+/// The daemon is stopped (SIGTERM by PID, or SIGKILL every other time) and started again on the same
 /// socket and TAP name while QEMU runs with `reconnect-ms=1000`, six times.
 /// The guest pings the host in a loop; its pings succeed again within 5 s of
 /// each new daemon listening (the new daemon creates the TAP anew: the host
