@@ -17,24 +17,6 @@ use vhost::vhost_user::message::{
 use vhost_tap::relay::{read_message, write_message, Message};
 use vm_memory::ByteValued;
 
-/// Open descriptors of process `pid`.
-fn open_fds(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("reading the daemon's fd table")
-        .count()
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// How many connections the daemon has seen end.
 fn connections_ended(d: &Daemon) -> usize {
     d.log_text().matches("frontend gone (connection").count()
