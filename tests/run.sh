@@ -5,7 +5,8 @@
 #      packages (cached),
 #   3. runs every crate's tests — the pure ones and those marked
 #      #[ignore = "needs root ..."] (real TAPs, QEMU guests, DPDK/trafgen
-#      peers) — and the loom models of the ring.
+#      peers), the data-path and relay tests again under AddressSanitizer,
+#      and the loom models of the ring.
 # Plain `cargo test` (no root needed) runs only the pure tests; see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,21 @@ step="building the workspace (cargo build --release)"
 cargo build --release --workspace --bins
 step="running the tests (cargo test --release -- --include-ignored)"
 cargo test --release --workspace -- --include-ignored --test-threads=2
+
+# The unsafe code (guest memory, iovecs, the TAP's readv/writev, the SIGBUS
+# handler, the relay's descriptor passing) under AddressSanitizer: the data
+# path's and the relay's unit tests, and the real-TAP tests that drive the
+# daemon binary (built with ASan too). Not the RSS-flatness test: ASan's
+# quarantine keeps freed memory on purpose.
+step="running the data-path and relay tests under AddressSanitizer (cargo +nightly, -Zsanitizer=address)"
+cargo +nightly --version >/dev/null 2>&1 || {
+    echo "run.sh: the AddressSanitizer step needs the nightly toolchain: rustup toolchain install nightly" >&2
+    exit 1
+}
+CARGO_TARGET_DIR=target/asan RUSTFLAGS="-Zsanitizer=address" \
+    cargo +nightly test --release --target x86_64-unknown-linux-gnu -p vhost-tap \
+    --lib --test datapath --test untrusted --test hostile --test faults \
+    -- --include-ignored --test-threads=2 --skip fds_and_memory_stay_flat
 
 # The loom models of the ptr-ring stop/wake protocol, in their own target
 # directory (cfg(loom) changes every atomic in the crate).
