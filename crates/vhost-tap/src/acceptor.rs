@@ -215,25 +215,10 @@ impl Acceptor {
 
     fn run(&self) {
         let mut events = vec![EpollEvent::default(); EVENTS];
-        // Listeners to re-arm once the back-off has passed.
-        let mut retry: Vec<u64> = Vec::new();
-        let mut retry_at: Option<Instant> = None;
-        // Accept failures since the last accept that worked (only the
-        // first of a run is logged).
-        let mut failures: u64 = 0;
+        let mut resting = Resting::default();
         let mut wait_failed = false;
         loop {
-            let timeout = match retry_at {
-                None => -1,
-                // Rounded up, so that the wait does not end just before the
-                // deadline and spin on a zero timeout.
-                Some(at) => at
-                    .saturating_duration_since(Instant::now())
-                    .as_micros()
-                    .div_ceil(1000)
-                    .min(i32::MAX as u128) as i32,
-            };
-            let n = match self.epoll.wait(timeout, &mut events) {
+            let n = match self.epoll.wait(resting.timeout_ms(), &mut events) {
                 Ok(n) => {
                     wait_failed = false;
                     n
@@ -266,38 +251,96 @@ impl Acceptor {
                 let Some(device) = self.device(token) else {
                     continue;
                 };
-                match device.clone().on_readable() {
+                let failed = match device.clone().on_readable() {
                     Readable::Served => {
+                        let failures = resting.worked();
                         if failures > 0 {
                             info!("accept loop: accepting again after {failures} failed accept(s)");
-                            failures = 0;
                         }
+                        continue;
                     }
-                    Readable::NotListening => {}
-                    Readable::Empty => device.listen_again(),
-                    Readable::Failed(e) => {
-                        if failures == 0 {
-                            warn!(
-                                "{}: accepting a frontend failed: {e}; this device's socket rests {} ms; \
-                                 further failures are counted, not logged, until an accept works",
-                                device.name(),
-                                BACKOFF.as_millis()
-                            );
-                        }
-                        failures += 1;
-                        retry.push(token);
-                        retry_at.get_or_insert_with(|| Instant::now() + BACKOFF);
+                    Readable::NotListening => continue,
+                    // A listener reporting an error or a hang-up with
+                    // nothing to accept would report it again at once:
+                    // rest it like a failed accept rather than spin.
+                    Readable::Empty
+                        if ev
+                            .event_set()
+                            .intersects(EventSet::ERROR | EventSet::HANG_UP) =>
+                    {
+                        format!("the socket reports {:?} with no frontend", ev.event_set())
                     }
-                }
-            }
-            if retry_at.is_some_and(|at| Instant::now() >= at) {
-                retry_at = None;
-                for token in retry.drain(..) {
-                    if let Some(device) = self.device(token) {
+                    Readable::Empty => {
                         device.listen_again();
+                        continue;
                     }
+                    Readable::Failed(e) => format!("accepting a frontend failed: {e}"),
+                };
+                if resting.add(token) {
+                    warn!(
+                        "{}: {failed}; the socket rests {} ms (further failures of any device \
+                         are counted, not logged, until an accept works)",
+                        device.name(),
+                        BACKOFF.as_millis()
+                    );
                 }
             }
+            for token in resting.due() {
+                if let Some(device) = self.device(token) {
+                    device.listen_again();
+                }
+            }
+        }
+    }
+}
+
+/// Listeners resting after a failed accept: left disarmed, and re-armed
+/// together once [`BACKOFF`] has passed since the first of them failed.
+#[derive(Default)]
+struct Resting {
+    tokens: Vec<u64>,
+    until: Option<Instant>,
+    /// Failures since the last accept that worked (only the first of a
+    /// run is logged).
+    failures: u64,
+}
+
+impl Resting {
+    /// Rest `token`'s listener; whether this failure starts a run (and is
+    /// to be logged).
+    fn add(&mut self, token: u64) -> bool {
+        self.tokens.push(token);
+        self.until.get_or_insert_with(|| Instant::now() + BACKOFF);
+        self.failures += 1;
+        self.failures == 1
+    }
+
+    /// An accept worked: the failures before it.
+    fn worked(&mut self) -> u64 {
+        std::mem::take(&mut self.failures)
+    }
+
+    /// How long the epoll may wait: until the rest ends, or forever.
+    fn timeout_ms(&self) -> i32 {
+        match self.until {
+            None => -1,
+            // Rounded up, so that the wait does not end just before the
+            // deadline and spin on zero timeouts.
+            Some(at) => at
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32,
+        }
+    }
+
+    /// The listeners whose rest is over.
+    fn due(&mut self) -> Vec<u64> {
+        if self.until.is_some_and(|at| Instant::now() >= at) {
+            self.until = None;
+            std::mem::take(&mut self.tokens)
+        } else {
+            Vec::new()
         }
     }
 }
