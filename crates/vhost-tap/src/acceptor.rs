@@ -165,8 +165,7 @@ impl Acceptor {
 
     /// Stop watching `fd` and forget `token`. An event for it that is
     /// already in flight finds no device (or one that no longer listens)
-    /// and is ignored. `fd` must still be open.
-    /// Idempotent.
+    /// and is ignored. `fd` must still be open. Idempotent.
     pub fn remove(&self, token: u64, fd: RawFd) {
         if self.lock_devices().remove(&token).is_none() {
             return;
@@ -177,15 +176,6 @@ impl Acceptor {
         {
             warn!("accept loop: cannot remove a listener from the epoll: {e}");
         }
-    }
-
-    /// Devices watched now.
-    pub fn len(&self) -> usize {
-        self.lock_devices().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// End the thread and wait for it. Devices still in the table are

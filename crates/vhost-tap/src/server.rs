@@ -283,7 +283,7 @@ impl DeviceServer {
 
     /// Stop the device: no frontend is accepted any more, the connected
     /// one is cut, the device's thread is joined, and (server mode) the
-    /// socket file is removed. Call once.
+    /// socket file is removed. Idempotent.
     pub fn stop(&self) {
         self.stop.request();
         // `Ended` and the thread, under the state lock (see `State`): after
