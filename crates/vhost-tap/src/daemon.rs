@@ -4,20 +4,19 @@
 //! Each device is its own server ([`crate::server`]) with its own
 //! [`Stop`], so that one device can be stopped, restarted or added while
 //! the others keep their traffic. Their listening sockets share one accept
-//! loop ([`crate::acceptor`]), started first and stopped last. A device is known by its TAP name:
-//! at a reload, a name that is gone is stopped, a new name is started, and
-//! a name whose settings changed is restarted — at once when no frontend
-//! is connected, otherwise after its frontend leaves (the change waits, and
-//! says so in the log).
+//! loop ([`crate::acceptor`]), started first and stopped last. A device is
+//! known by its TAP name: at a reload, a name that is gone is stopped, a
+//! new name is started, and a name whose settings changed is restarted —
+//! at once when no frontend is connected, otherwise after its frontend
+//! leaves (the change waits, and says so in the log).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
-use crate::acceptor::{Acceptor, AcceptorError};
-
 use log::{error, info, warn};
 
+use crate::acceptor::{Acceptor, AcceptorError};
 use crate::config::{self, DeviceConfig};
 use crate::counters::ReportEvent;
 use crate::device::TunRing;
@@ -134,11 +133,11 @@ impl Running {
     }
 
     /// Stop the server (cutting a connected frontend, removing its
-    /// socket), wait for its thread, and count what its rings still held. Dropping the server
-    /// then closes the TAP (a created one disappears): the metrics forget
-    /// it first, and a scrape still holding it is waited for (up to 2 s),
-    /// so that the TAP is closed when this returns and a restart can open
-    /// it again.
+    /// socket, waiting for its thread), and count what its rings still
+    /// held. Dropping the server then closes the TAP (a created one
+    /// disappears): the metrics forget it first, and a scrape still holding
+    /// it is waited for (up to 2 s), so that the TAP is closed when this
+    /// returns and a restart can open it again.
     fn stop(self, exporter: &Exporter, event: ReportEvent, title: &str) {
         exporter.remove(&self.server);
         self.server.stop();
