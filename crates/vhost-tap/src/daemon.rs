@@ -1,13 +1,14 @@
 //! The set of devices one daemon serves: open and start them all, change
 //! the set to a reloaded configuration (SIGHUP), shut them down.
 //!
-//! Each device runs in its own server thread ([`crate::server`]) with its
-//! own [`Stop`], so that one device can be stopped, restarted or added
-//! while the others keep their traffic. A device is known by its TAP name:
-//! at a reload, a name that is gone is stopped, a new name is started, and
-//! a name whose settings changed is restarted — at once when no frontend
-//! is connected, otherwise after its frontend leaves (the change waits, and
-//! says so in the log).
+//! Each device is its own server ([`crate::server`]) with its own
+//! [`Stop`], so that one device can be stopped, restarted or added while
+//! the others keep their traffic. Their listening sockets share one accept
+//! loop ([`crate::acceptor`]), started first and stopped last. A device is
+//! known by its TAP name: at a reload, a name that is gone is stopped, a
+//! new name is started, and a name whose settings changed is restarted —
+//! at once when no frontend is connected, otherwise after its frontend
+//! leaves (the change waits, and says so in the log).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::thread;
 
 use log::{error, info, warn};
 
+use crate::acceptor::{Acceptor, AcceptorError};
 use crate::config::{self, DeviceConfig};
 use crate::counters::ReportEvent;
 use crate::device::TunRing;
@@ -32,14 +34,14 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("cannot create the private socket directory: {0}")]
     PrivateDir(std::io::Error),
+    #[error(transparent)]
+    Acceptor(#[from] AcceptorError),
     #[error("{source}")]
     Tap { tap: String, source: tap::Error },
     #[error("{tap}: {source}")]
     Device { tap: String, source: DeviceError },
     #[error("{tap}: {source}")]
     Server { tap: String, source: ServerError },
-    #[error("{tap}: cannot start the device's thread: {source}")]
-    Thread { tap: String, source: std::io::Error },
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: String,
@@ -121,7 +123,6 @@ struct Running {
     config: DeviceConfig,
     server: Arc<DeviceServer>,
     stop: Arc<Stop>,
-    thread: thread::JoinHandle<()>,
     /// A changed configuration waiting for the frontend to leave.
     pending: Option<DeviceConfig>,
 }
@@ -131,17 +132,15 @@ impl Running {
         &self.config.device.name
     }
 
-    /// Stop the server (cutting a connected frontend), wait for its
-    /// thread, and count what its rings still held. Dropping the server
-    /// then closes the TAP (a created one disappears): the metrics forget
-    /// it first, and a scrape still holding it is waited for (up to 2 s),
-    /// so that the TAP is closed when this returns and a restart can open
-    /// it again.
+    /// Stop the server (cutting a connected frontend, removing its
+    /// socket, waiting for its thread), and count what its rings still
+    /// held. Dropping the server then closes the TAP (a created one
+    /// disappears): the metrics forget it first, and a scrape still holding
+    /// it is waited for (up to 2 s), so that the TAP is closed when this
+    /// returns and a restart can open it again.
     fn stop(self, exporter: &Exporter, event: ReportEvent, title: &str) {
         exporter.remove(&self.server);
-        self.stop.request();
-        self.server.interrupt();
-        let _ = self.thread.join();
+        self.server.stop();
         let device = &self.server.device;
         for i in 0..device.pairs.len() {
             device.pair(i).drop_ring_at_shutdown();
@@ -161,8 +160,9 @@ impl Running {
     }
 }
 
-/// Start one device: open it, bind its socket, start its thread.
-fn start(d: &DeviceConfig, dir: &Path) -> Result<Running, StartError> {
+/// Start one device: open it, bind its socket and hand it to the accept
+/// loop (or, in client mode, start its thread).
+fn start(d: &DeviceConfig, dir: &Path, acceptor: &Arc<Acceptor>) -> Result<Running, StartError> {
     let device = Arc::new(open_device(d)?);
     let stop = Stop::new();
     let server = DeviceServer::new(
@@ -171,25 +171,21 @@ fn start(d: &DeviceConfig, dir: &Path) -> Result<Running, StartError> {
         (!d.client).then_some(&d.socket_access),
         stop.clone(),
         dir.to_path_buf(),
+        acceptor.clone(),
     )
     .map(Arc::new)
     .map_err(|source| StartError::Server {
         tap: d.device.name.clone(),
         source,
     })?;
-    let runner = server.clone();
-    let thread = thread::Builder::new()
-        .name(format!("dev-{}", d.device.name))
-        .spawn(move || runner.run())
-        .map_err(|source| StartError::Thread {
-            tap: d.device.name.clone(),
-            source,
-        })?;
+    server.start().map_err(|source| StartError::Server {
+        tap: d.device.name.clone(),
+        source,
+    })?;
     Ok(Running {
         config: d.clone(),
         server,
         stop,
-        thread,
         pending: None,
     })
 }
@@ -201,6 +197,8 @@ pub struct Devices {
     exporter: Arc<Exporter>,
     /// The private directory of the relays' inner sockets.
     dir: PathBuf,
+    /// The accept loop every listening device's socket waits in.
+    acceptor: Arc<Acceptor>,
 }
 
 impl Devices {
@@ -208,13 +206,21 @@ impl Devices {
     /// return its error.
     pub fn start(devs: &[DeviceConfig]) -> Result<Devices, StartError> {
         let dir = server::private_dir().map_err(StartError::PrivateDir)?;
+        let acceptor = match Acceptor::start() {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
         let mut all = Devices {
             running: Vec::new(),
             exporter: Arc::default(),
             dir,
+            acceptor,
         };
         for d in devs {
-            match start(d, &all.dir) {
+            match start(d, &all.dir, &all.acceptor) {
                 Ok(r) => all.running.push(r),
                 Err(e) => {
                     all.shutdown();
@@ -288,9 +294,11 @@ impl Devices {
                 self.running.push(r);
                 continue;
             }
-            // Set before looking at the connection: a frontend that leaves
-            // in between then ends the server thread, which `apply_pending`
-            // sees; one that stays keeps it until it leaves.
+            // Set before looking at the connection (a store-buffering pair
+            // with the connection's end, see `DeviceServer::connected`): a
+            // frontend seen connected ends the device when it leaves, which
+            // `apply_pending` sees (`ended`); one not seen is cut by the
+            // restart below.
             r.server.leave_after_connection();
             if r.server.connected() {
                 info!(
@@ -314,7 +322,7 @@ impl Devices {
             {
                 continue;
             }
-            match start(d, &self.dir) {
+            match start(d, &self.dir, &self.acceptor) {
                 Ok(r) => {
                     info!("{}: added by the reload", d.device.name);
                     self.running.push(r);
@@ -334,14 +342,14 @@ impl Devices {
             ReportEvent::Exit,
             &format!("{name}: restarting with the changed configuration; counters"),
         );
-        match start(&d, &self.dir) {
+        match start(&d, &self.dir, &self.acceptor) {
             Ok(n) => {
                 info!("{name}: restarted with the changed configuration");
                 self.running.push(n);
             }
             Err(e) => {
                 error!("{name}: the changed configuration does not start: {e}; back to the previous one");
-                match start(&old, &self.dir) {
+                match start(&old, &self.dir, &self.acceptor) {
                     Ok(n) => self.running.push(n),
                     Err(e) => error!("{name}: the previous configuration does not start either: {e}; the device is stopped"),
                 }
@@ -354,13 +362,13 @@ impl Devices {
         self.running.iter().any(|r| r.pending.is_some())
     }
 
-    /// Apply the waiting changes of devices whose frontend has left (their
-    /// server thread ended after the connection).
+    /// Apply the waiting changes of devices whose frontend has left (the
+    /// device ended after the connection).
     pub fn apply_pending(&mut self) {
         let mut i = 0;
         while i < self.running.len() {
             let r = &self.running[i];
-            if r.pending.is_none() || !r.thread.is_finished() {
+            if r.pending.is_none() || !r.server.ended() {
                 i += 1;
                 continue;
             }
@@ -397,7 +405,8 @@ impl Devices {
         }
     }
 
-    /// Stop every device and remove the private directory.
+    /// Stop every device, then the accept loop, and remove the private
+    /// directory.
     pub fn shutdown(mut self) {
         self.exporter.set(Vec::new());
         for r in &self.running {
@@ -429,6 +438,7 @@ impl Devices {
             }
             work();
         });
+        self.acceptor.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -11,9 +11,10 @@
 //!
 //! - The daemon: `main.rs` (command line, signals), [`config`] (the
 //!   command line and the TOML file, checked into [`config::DeviceConfig`]s;
-//!   errors name file, line and key), [`server`] (one thread per device;
-//!   listens on the vhost-user socket, serves one frontend at a time,
-//!   listens again when it leaves).
+//!   errors name file, line and key), [`acceptor`] (one thread, `accept`,
+//!   waits on every device's vhost-user socket), [`server`] (a device:
+//!   a connection thread per frontend, one frontend at a time; the socket
+//!   goes back to the accept loop when it leaves).
 //! - [`settings`]: what a device is (mode, sizes, FQ-CoDel parameters),
 //!   below both the parser and the backend.
 //! - The control plane: [`relay`] (sits between the frontend and the vhost
@@ -30,6 +31,7 @@
 //!   rtnetlink), at start and again at every frontend connect.
 //! - [`counters`]: per-queue counters; every drop has a reason.
 
+pub mod acceptor;
 pub mod backend;
 pub mod config;
 pub mod counters;

@@ -357,7 +357,7 @@ fn run(cli: &Cli) -> Result<(), StartError> {
         None => None,
     };
     // Every socket is bound and listening (connects queue in the backlog
-    // until the device thread accepts): ready.
+    // until the accept loop takes them): ready.
     vhost_tap::notify::ready(all.len());
 
     loop {

@@ -172,3 +172,109 @@ fn a_config_that_does_not_check_is_rejected_and_changes_nothing() {
     check_both_ways(&d, &mut drv, 0);
     d.assert_no_panic();
 }
+
+/// Threads of process `pid` (`Threads:` in /proc/PID/status).
+fn threads(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reloads that remove, add and change devices while frontends keep
+/// connecting to every socket and leaving at once: the accept loop, the
+/// connections' ends and the stops race. Every change applies, no
+/// connection thread is left over, and the daemon exits cleanly with no
+/// socket behind.
+#[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
+fn reloads_while_frontends_come_and_go_leave_nothing_behind() {
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (mut d, config, mut devs, _guards) = setup();
+    let idle_threads = threads(d.pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let knocker = {
+        let stop = stop.clone();
+        let sockets: Vec<PathBuf> = devs.iter().map(|d| d.socket.clone()).collect();
+        std::thread::spawn(move || {
+            let mut knocks = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for s in &sockets {
+                    if UnixStream::connect(s).is_ok() {
+                        knocks += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            knocks
+        })
+    };
+    for round in 0..8 {
+        // A changes every round; B and C come and go.
+        devs[0].extra = if round % 2 == 1 {
+            "mtu = 1400\n".into()
+        } else {
+            String::new()
+        };
+        let set: Vec<&Dev> = match round % 3 {
+            0 => vec![&devs[0], &devs[2]],
+            1 => vec![&devs[0], &devs[1]],
+            _ => devs.iter().collect(),
+        };
+        write_config(&config, &set);
+        reload(&d, "reload of");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let knocks = knocker.join().unwrap();
+    assert!(knocks > 0, "no frontend ever connected");
+
+    // The last round: A with MTU 1400, B, no C. A change that waited for a
+    // knocking frontend applies once it has left (within a second or so).
+    let mtu =
+        |tap: &str| fs::read_to_string(format!("/sys/class/net/{tap}/mtu")).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(5), || (mtu(&devs[0].tap).trim()
+            == "1400")
+            .then_some(()))
+        .is_some(),
+        "A's last change did not apply (MTU {}); log:\n{}",
+        mtu(&devs[0].tap).trim(),
+        d.log_text()
+    );
+    assert!(!devs[2].socket.exists(), "removed device C left its socket");
+    let settled = wait_for(Duration::from_secs(5), || {
+        (threads(d.pid) <= idle_threads).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "{} threads after the frontends left ({idle_threads} before)",
+        threads(d.pid)
+    );
+    let mut a = connect(&devs[0].socket);
+    check_both_ways(&d, &mut a, 0);
+    drop(a);
+    let _b = connect(&devs[1].socket);
+    d.assert_no_panic();
+    let st = d.terminate(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "exit {st:?}");
+    assert!(
+        devs.iter().all(|d| !d.socket.exists()),
+        "sockets left behind after exit"
+    );
+    // Lines that would show the accept loop and a stop out of step: a
+    // listener re-armed after its removal, or removed twice.
+    let log = d.log_text();
+    for bad in [
+        "back to the accept loop",
+        "cannot remove a listener",
+        "accepting a frontend failed",
+    ] {
+        assert!(!log.contains(bad), "{bad:?} in the log:\n{log}");
+    }
+    println!("{knocks} frontends came and went during 8 reloads");
+}
