@@ -21,33 +21,12 @@ struct Two {
     b: (std::path::PathBuf, String),
 }
 
-fn two_devices(extra_a: &str) -> Two {
-    let dir = TempDir::new("it");
-    let (tap_a, tap_b) = (unique_name("vtf"), unique_name("vtf"));
-    let (sock_a, sock_b) = (dir.join("a.sock"), dir.join("b.sock"));
-    let cfg = dir.join("vhost-tap.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[device]]\nsocket = \"{}\"\ntap = \"{tap_a}\"\n{extra_a}\n[[device]]\nsocket = \"{}\"\ntap = \"{tap_b}\"\n",
-            sock_a.display(),
-            sock_b.display()
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start_config(
-        Some(BIN.into()),
-        dir,
-        &cfg,
-        vec![
-            (sock_a.clone(), tap_a.clone()),
-            (sock_b.clone(), tap_b.clone()),
-        ],
-    );
+fn two_devices() -> Two {
+    let (d, devs) = config_daemon("it", &["", ""]);
     Two {
         d,
-        a: (sock_a, tap_a),
-        b: (sock_b, tap_b),
+        a: devs[0].clone(),
+        b: devs[1].clone(),
     }
 }
 
@@ -138,7 +117,7 @@ fn ip(args: &str) {
 #[test]
 #[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn a_shrunk_guest_memory_file_stops_only_its_connection() {
-    let mut t = two_devices("");
+    let mut t = two_devices();
     let b = Bystander::start(&t.b.0, &t.b.1);
     let mut a = driver(&t.a.0);
     check_both_ways(&t.d, &mut a, 0);
@@ -184,7 +163,7 @@ fn a_shrunk_guest_memory_file_stops_only_its_connection() {
 #[test]
 #[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn a_tap_set_down_counts_its_drops_and_recovers() {
-    let mut t = two_devices("");
+    let mut t = two_devices();
     let b = Bystander::start(&t.b.0, &t.b.1);
     let mut a = driver(&t.a.0);
     check_both_ways(&t.d, &mut a, 0);
@@ -221,7 +200,7 @@ fn a_tap_set_down_counts_its_drops_and_recovers() {
 #[test]
 #[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
 fn a_deleted_tap_stops_only_its_device() {
-    let mut t = two_devices("");
+    let mut t = two_devices();
     let b = Bystander::start(&t.b.0, &t.b.1);
     let mut a = driver(&t.a.0);
     check_both_ways(&t.d, &mut a, 0);
@@ -278,7 +257,7 @@ fn a_deleted_tap_stops_only_its_device() {
 fn a_frontend_killed_mid_message_ends_only_its_connection() {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
-    let t = two_devices("");
+    let t = two_devices();
     let b = Bystander::start(&t.b.0, &t.b.1);
     // SET_OWNER (1), flags 1 (version), size 0: a whole header is 12 bytes.
     let owner: [u8; 12] = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];

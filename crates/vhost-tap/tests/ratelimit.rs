@@ -38,36 +38,6 @@ fn assert_rate(what: &str, got: f64, limit: f64) {
     );
 }
 
-/// Send UDP frames of `payload` bytes into the TAP at `fps` until `stop`.
-fn paced_sender(
-    tap: String,
-    fps: u64,
-    payload: usize,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<u64> {
-    thread::spawn(move || {
-        let sock = PacketSock::open(&tap, false);
-        let tag = fresh_tag();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            // Frames due by now; then sleep a millisecond (pacing, not a wait for a condition).
-            let due = (start.elapsed().as_secs_f64() * fps as f64) as u64;
-            while sent < due {
-                sock.send(&udp_frame(
-                    tag,
-                    sent as u32,
-                    1024 + (sent % 8) as u16,
-                    payload,
-                ));
-                sent += 1;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        sent
-    })
-}
-
 /// The guest: keep RX buffers posted and count what arrives, as
 /// (time since start, frames, Ethernet bytes) samples, until `stop`.
 fn receiving_guest(
@@ -122,7 +92,13 @@ fn rx_run(
     let tail_before = d.tap_stat("tx_dropped");
     let stop = Arc::new(AtomicBool::new(false));
     let guest = receiving_guest(drv, stop.clone());
-    let sender = paced_sender(d.tap.clone(), 2 * limit_fps, payload, stop.clone());
+    let sender = paced_udp(
+        d.tap.clone(),
+        2 * limit_fps,
+        (1024, 8),
+        move |_| payload,
+        stop.clone(),
+    );
     thread::sleep(WARMUP + WINDOW / 2);
     let mid = d.counters();
     thread::sleep(WINDOW / 2 + Duration::from_millis(500));

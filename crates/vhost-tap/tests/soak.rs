@@ -85,29 +85,6 @@ fn session(sock: &std::path::Path, until: Instant, rng: &mut Rng) -> Moved {
     moved
 }
 
-/// Host → guest UDP at `HOST_FPS` into `tap` until `stop`, paced.
-fn host_sender(tap: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let sock = PacketSock::open(&tap, false);
-        let tag = fresh_tag();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let due = (start.elapsed().as_secs_f64() * HOST_FPS as f64) as u64;
-            while sent < due {
-                sock.send(&udp_frame(
-                    tag,
-                    sent as u32,
-                    2000 + (sent % 16) as u16,
-                    100 + (sent % 1200) as usize,
-                ));
-                sent += 1;
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-    })
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     t: f64,
@@ -123,36 +100,26 @@ fn soak_stalls_reconnects_two_queue_pairs() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(180);
-    let dir = TempDir::new("soak");
-    let (tap_bp, tap_fq) = (unique_name("vts"), unique_name("vts"));
-    let (sock_bp, sock_fq) = (dir.join("bp.sock"), dir.join("fq.sock"));
-    let cfg = dir.join("soak.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[device]]\nsocket = \"{}\"\ntap = \"{tap_bp}\"\nqueues = {QUEUES}\nmode = \"backpressure\"\nring_size = 64\n\n\
-             [[device]]\nsocket = \"{}\"\ntap = \"{tap_fq}\"\nqueues = {QUEUES}\nmode = \"fq-codel\"\n",
-            sock_bp.display(),
-            sock_fq.display()
-        ),
-    )
-    .unwrap();
-    let mut d = Daemon::start_config(
-        Some(BIN.into()),
-        dir,
-        &cfg,
-        vec![
-            (sock_bp.clone(), tap_bp.clone()),
-            (sock_fq.clone(), tap_fq.clone()),
+    let (mut d, devs) = config_daemon(
+        "soak",
+        &[
+            &format!("queues = {QUEUES}\nmode = \"backpressure\"\nring_size = 64"),
+            &format!("queues = {QUEUES}\nmode = \"fq-codel\""),
         ],
     );
+    let [(sock_bp, tap_bp), (sock_fq, tap_fq)] = [devs[0].clone(), devs[1].clone()];
     let pid = d.pid;
     let end = Instant::now() + Duration::from_secs(secs);
     let stop = Arc::new(AtomicBool::new(false));
-    let senders = [
-        host_sender(tap_bp.clone(), stop.clone()),
-        host_sender(tap_fq.clone(), stop.clone()),
-    ];
+    let senders = [&tap_bp, &tap_fq].map(|tap| {
+        paced_udp(
+            tap.clone(),
+            HOST_FPS,
+            (2000, 16),
+            |n| 100 + (n % 1200) as usize,
+            stop.clone(),
+        )
+    });
     // One guest per device: sessions of 2–6 s back to back until the end.
     let guests: Vec<_> = [(sock_bp.clone(), 1u64), (sock_fq.clone(), 2u64)]
         .into_iter()

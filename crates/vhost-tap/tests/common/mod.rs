@@ -73,6 +73,59 @@ impl Connect for Daemon {
     }
 }
 
+// ---------------------------------------------------------------- daemons
+
+/// A daemon serving one device per entry of `devices` from a config file:
+/// each entry (extra TOML lines for its `[[device]]`, may be empty) gets a
+/// fresh TAP and socket. The (socket, TAP) of each, in order.
+pub fn config_daemon(tag: &str, devices: &[&str]) -> (Daemon, Vec<(std::path::PathBuf, String)>) {
+    let dir = TempDir::new(tag);
+    let mut toml = String::new();
+    let mut out = Vec::new();
+    for (i, extra) in devices.iter().enumerate() {
+        let (sock, tap) = (dir.join(format!("d{i}.sock")), unique_name("vtc"));
+        toml.push_str(&format!(
+            "[[device]]\nsocket = \"{}\"\ntap = \"{tap}\"\n{extra}\n\n",
+            sock.display()
+        ));
+        out.push((sock, tap));
+    }
+    let cfg = dir.join("vhost-tap.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let d = Daemon::start_config(Some(BIN.into()), dir, &cfg, out.clone());
+    (d, out)
+}
+
+/// Send UDP frames into `tap` at `fps`, paced, until `stop`: frame `n` has
+/// `size(n)` payload bytes and source port `base_port + n % flows`.
+/// Returns the frames sent.
+pub fn paced_udp(
+    tap: String,
+    fps: u64,
+    (base_port, flows): (u16, u64),
+    size: impl Fn(u64) -> usize + Send + 'static,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let sock = PacketSock::open(&tap, false);
+        let tag = fresh_tag();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // Frames due by now; then sleep a millisecond (pacing, not a
+            // wait for a condition).
+            let due = (start.elapsed().as_secs_f64() * fps as f64) as u64;
+            while sent < due {
+                let port = base_port + (sent % flows) as u16;
+                sock.send(&udp_frame(tag, sent as u32, port, size(sent)));
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    })
+}
+
 // ---------------------------------------------------------------- process
 
 /// Open descriptors of process `pid`.
