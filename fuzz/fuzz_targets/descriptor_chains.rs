@@ -140,7 +140,14 @@ fn write_table(i: &mut Input, mem: &GuestMemoryMmap<()>, lay: &Layout, table: u6
         } else {
             u16::from(i.u8() % 32)
         };
-        write_desc(mem, table.wrapping_add(16 * k as u64), addr, len, flags, next);
+        write_desc(
+            mem,
+            table.wrapping_add(16 * k as u64),
+            addr,
+            len,
+            flags,
+            next,
+        );
     }
 }
 
@@ -153,7 +160,8 @@ fn reference(
     head: u16,
     writable: bool,
 ) -> Option<Vec<(u64, u32)>> {
-    let in_mem = |a: u64, l: u64| a.checked_add(l).is_some() && mem.check_range(GuestAddress(a), l as usize);
+    let in_mem =
+        |a: u64, l: u64| a.checked_add(l).is_some() && mem.check_range(GuestAddress(a), l as usize);
     let (mut tbl, mut n, mut idx, mut in_indirect) = (table, u32::from(size), head, false);
     let (mut seen, mut total) = (0u32, 0u64);
     let mut segs = Vec::new();
@@ -232,7 +240,12 @@ fn check_map(i: &mut Input, mem: &GuestMemoryMmap<()>, map: &GuestMap<'_>, lay: 
                 assert_eq!(ours, theirs, "host({addr:#x}, {len})");
             } else {
                 // More regions than the map holds: everything goes through vm-memory.
-                assert_eq!(ours, None, "host({addr:#x}, {len}) with {} regions", lay.0.len());
+                assert_eq!(
+                    ours,
+                    None,
+                    "host({addr:#x}, {len}) with {} regions",
+                    lay.0.len()
+                );
             }
             assert_eq!(
                 map.contains(GuestAddress(addr), len),
@@ -284,12 +297,18 @@ fn check_chain(
     want: &[(u64, u32)],
 ) {
     let got: Vec<(u64, u32)> = c.segments.iter().map(|s| (s.addr.0, s.len)).collect();
-    assert_eq!(got, want, "walk and the spec's walker disagree on the buffers");
+    assert_eq!(
+        got, want,
+        "walk and the spec's walker disagree on the buffers"
+    );
     let total: u64 = got.iter().map(|&(_, l)| u64::from(l)).sum();
     assert_eq!(u64::from(c.total_len), total);
     for &(a, l) in &got {
         assert!(l > 0);
-        assert!(lay.covers(a, u64::from(l)), "buffer {a:#x}+{l} outside guest memory");
+        assert!(
+            lay.covers(a, u64::from(l)),
+            "buffer {a:#x}+{l} outside guest memory"
+        );
     }
     assert!(
         c.descriptors >= 1 && c.descriptors <= size && usize::from(c.descriptors) <= got.len(),
@@ -318,7 +337,10 @@ fn check_chain(
         mem.read_slice(&mut b, GuestAddress(a)).unwrap();
         via_mem.extend(b);
     }
-    assert_eq!(via_iov, via_mem, "the iovecs read other bytes than the buffers");
+    assert_eq!(
+        via_iov, via_mem,
+        "the iovecs read other bytes than the buffers"
+    );
 }
 
 /// Copies into and out of accepted chains.
@@ -335,7 +357,9 @@ fn check_copies(i: &mut Input, mem: &GuestMemoryMmap<()>, map: &GuestMap<'_>, ch
     let cap: usize = chains.iter().map(|c| c.total_len as usize).sum();
     let len = i.below(cap.min(0x4_0000) + 1);
     let seed = i.u8();
-    let frame: Vec<u8> = (0..len).map(|k| (k as u8).wrapping_mul(13) ^ seed).collect();
+    let frame: Vec<u8> = (0..len)
+        .map(|k| (k as u8).wrapping_mul(13) ^ seed)
+        .collect();
     let mut parts = Vec::new();
     write_chains(map, chains, &frame, |head, n| {
         parts.push((head, n));
@@ -351,7 +375,10 @@ fn check_copies(i: &mut Input, mem: &GuestMemoryMmap<()>, map: &GuestMap<'_>, ch
     if !overlap {
         let mut back = vec![0u8; len];
         read_chains(map, chains, &mut back).unwrap();
-        assert!(back == frame, "read_chains did not read back what write_chains wrote");
+        assert!(
+            back == frame,
+            "read_chains did not read back what write_chains wrote"
+        );
         // A patch at an offset lands there (as num_buffers does).
         let at = i.below(len.max(1));
         let patch = [0xa5u8, 0x5a];
@@ -379,7 +406,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let table = lay.addr(&mut i);
-    let size = if i.bool() { i.u16() } else { 1 + i.below(64) as u16 };
+    let size = if i.bool() {
+        i.u16()
+    } else {
+        1 + i.below(64) as u16
+    };
     let n = i.below(33);
     write_table(&mut i, &mem, &lay, table, n);
     if i.bool() {

@@ -97,7 +97,13 @@ fuzz_target!(|data: &[u8]| {
     let mut i = Input::new(data);
     let features = i.u64();
     // Layout and offloads for the input's features and a few near them.
-    for f in [features, features ^ (1 << VIRTIO_F_VERSION_1), !features, 0, u64::MAX] {
+    for f in [
+        features,
+        features ^ (1 << VIRTIO_F_VERSION_1),
+        !features,
+        0,
+        u64::MAX,
+    ] {
         check_layout(f);
         check_offloads(f);
     }
@@ -123,14 +129,18 @@ fuzz_target!(|data: &[u8]| {
         let f = frame(&mut i, neg.hdr_len);
         h.tap.push_read(Step::Frame(f.clone()));
         let spec = ChainSpec {
-            lens: (0..1 + i.below(4)).map(|_| 1 + u32::from(i.u16())).collect(),
+            lens: (0..1 + i.below(4))
+                .map(|_| 1 + u32::from(i.u16()))
+                .collect(),
             offset: u32::from(i.u8()),
             indirect: i.bool(),
             wrong_direction: false,
         };
         h.tx.post(&spec, &f);
         let rx_spec = ChainSpec {
-            lens: (0..1 + i.below(4)).map(|_| 1 + u32::from(i.u16())).collect(),
+            lens: (0..1 + i.below(4))
+                .map(|_| 1 + u32::from(i.u16()))
+                .collect(),
             offset: u32::from(i.u8()),
             indirect: i.bool(),
             wrong_direction: false,

@@ -239,7 +239,11 @@ impl Guest {
             .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.mem
-            .store(self.avail_idx.to_le(), GuestAddress(AVAIL + 2), Ordering::Release)
+            .store(
+                self.avail_idx.to_le(),
+                GuestAddress(AVAIL + 2),
+                Ordering::Release,
+            )
             .unwrap();
     }
 
@@ -262,7 +266,9 @@ impl Guest {
     /// The avail flags word (VRING_AVAIL_F_NO_INTERRUPT) and, with
     /// EVENT_IDX, `used_event`: how the guest asks for interrupts.
     pub fn interrupt_hints(&mut self, flags: u16, used_event: u16) {
-        self.mem.write_obj(flags.to_le(), GuestAddress(AVAIL)).unwrap();
+        self.mem
+            .write_obj(flags.to_le(), GuestAddress(AVAIL))
+            .unwrap();
         let at = AVAIL + 4 + 2 * u64::from(self.size);
         self.mem
             .write_obj(used_event.to_le(), GuestAddress(at))

@@ -64,7 +64,10 @@ impl Harness {
     /// The ECN marks gauge is the current AQM's: remember any mark.
     fn note_marks(&mut self) {
         let c = &self.qp.counters;
-        self.marked |= c.rx_aqm_ecn_marks.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        self.marked |= c
+            .rx_aqm_ecn_marks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0;
     }
 
     pub fn set_limits(&mut self, rx: Option<Arc<Limiter>>, tx: Option<Arc<Limiter>>) {
@@ -139,7 +142,10 @@ impl Harness {
             "{accounted} frames delivered or dropped, {handed} handed out by the TAP"
         );
         let written = self.tap.written.lock().unwrap();
-        assert_eq!(written.len() as u64, c.tx_frames.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(
+            written.len() as u64,
+            c.tx_frames.load(std::sync::atomic::Ordering::Relaxed)
+        );
         for w in written.iter() {
             assert!(
                 (self.neg.min_len()..=self.neg.max_len()).contains(&w.len()),

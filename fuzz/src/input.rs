@@ -68,6 +68,13 @@ impl<'a> Input<'a> {
         head
     }
 
+    /// Fill `out` with the next bytes (zeros past the end of the input).
+    pub fn fill(&mut self, out: &mut [u8]) {
+        let b = self.bytes(out.len());
+        out[..b.len()].copy_from_slice(b);
+        out[b.len()..].fill(0);
+    }
+
     /// A length-prefixed (u16) byte string of at most `max` bytes.
     pub fn blob(&mut self, max: usize) -> &'a [u8] {
         let n = usize::from(self.u16()) % (max + 1);
@@ -122,7 +129,11 @@ mod tests {
     #[test]
     fn seeds_read_back() {
         let mut s = Seed::default();
-        s.u8(7).bool(true).u16(0x1234).u32(0xdead_beef).u64(u64::MAX - 1);
+        s.u8(7)
+            .bool(true)
+            .u16(0x1234)
+            .u32(0xdead_beef)
+            .u64(u64::MAX - 1);
         s.blob(b"abc");
         let mut i = Input::new(&s.0);
         assert_eq!(

@@ -50,7 +50,11 @@ pub fn check_never(c: &QueueCounters) {
 /// reassembled: with MRG_RXBUF a frame spans `num_buffers` entries, which
 /// must all be there; without, one entry is one frame and `num_buffers`
 /// (when the header has it) says 1.
-pub fn rx_frames(g: &Guest, entries: &[(u32, u32, Option<Posted>)], neg: Negotiated) -> Vec<Vec<u8>> {
+pub fn rx_frames(
+    g: &Guest,
+    entries: &[(u32, u32, Option<Posted>)],
+    neg: Negotiated,
+) -> Vec<Vec<u8>> {
     let chain = |i: usize| {
         let (_, len, p) = &entries[i];
         g.read_chain(p.as_ref().expect("checked entry"), *len)
@@ -153,7 +157,10 @@ pub fn check_rx_content(
         for (n, d) in delivered.iter().enumerate() {
             let found = (0..frames.len()).find(|&i| !used[i] && same(d, frames[i]));
             let i = found.unwrap_or_else(|| {
-                panic!("delivered frame {n} ({} bytes) was never handed out (or twice)", d.len())
+                panic!(
+                    "delivered frame {n} ({} bytes) was never handed out (or twice)",
+                    d.len()
+                )
             });
             used[i] = true;
         }
@@ -199,7 +206,12 @@ impl TxBooks {
             let at = self.returned[next..]
                 .iter()
                 .position(|r| r == w)
-                .unwrap_or_else(|| panic!("TAP frame {n} ({} bytes) is no returned chain's bytes, in order", w.len()));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "TAP frame {n} ({} bytes) is no returned chain's bytes, in order",
+                        w.len()
+                    )
+                });
             next += at + 1;
         }
     }

@@ -95,7 +95,10 @@ impl ScriptedTap {
         let g = self.guest.lock().unwrap();
         for v in iov {
             let (base, len) = (v.iov_base as usize, v.iov_len);
-            assert!(!v.iov_base.is_null() || len == 0, "null iovec of {len} bytes");
+            assert!(
+                !v.iov_base.is_null() || len == 0,
+                "null iovec of {len} bytes"
+            );
             if let Some(&(_, s, e)) = g.iter().find(|&&(_, s, e)| s <= base && base < e) {
                 assert!(
                     base.checked_add(len).is_some_and(|end| end <= e),
