@@ -5,7 +5,9 @@
 #      packages (cached),
 #   3. runs every crate's tests — the pure ones and those marked
 #      #[ignore = "needs root ..."] (real TAPs, QEMU guests, DPDK/trafgen
-#      peers) — and the loom models of the ring.
+#      peers) — and the loom models of the ring,
+#   4. runs each fuzz target for a bounded time (fuzz/run.sh; FUZZ_SECONDS,
+#      default 45 s per target).
 # Plain `cargo test` (no root needed) runs only the pure tests; see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +39,9 @@ cargo test --release --workspace -- --include-ignored --test-threads=2
 step="running the loom models (cargo test -p ptr-ring --test loom, cfg(loom))"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p ptr-ring --test loom
+
+# The fuzz targets (fuzz/README.md), each from its checked-in corpus for a
+# bounded time, built with the nightly toolchain into fuzz/target.
+step="running the fuzz targets (fuzz/run.sh, ${FUZZ_SECONDS:-45} s each)"
+bash fuzz/run.sh
 echo "run.sh: all tests passed"

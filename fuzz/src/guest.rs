@@ -297,7 +297,12 @@ impl Guest {
     /// it returns (`None` for a hostile guest, whose entries are not checked).
     pub fn harvest(&mut self) -> Vec<(u32, u32, Option<Posted>)> {
         let now = self.used_idx();
-        let n = now.wrapping_sub(self.used_seen);
+        let mut n = now.wrapping_sub(self.used_seen);
+        if self.hostile && n > self.size {
+            // A hostile guest may have written the used index itself.
+            self.used_seen = now.wrapping_sub(self.size);
+            n = self.size;
+        }
         if !self.hostile {
             assert!(
                 usize::from(n) <= self.outstanding.len(),

@@ -210,6 +210,24 @@ impl Harness {
         // frame handed out is accounted for.
         self.qp.drop_ring_at_shutdown();
         let c = &self.qp.counters;
+        if std::env::var_os("VHOST_TAP_FUZZ_DEBUG").is_some() {
+            // What a run did, for reading a seed or a crash: the counters that moved.
+            let moved: Vec<String> = c
+                .snapshot()
+                .into_iter()
+                .filter(|&(_, v)| v != 0)
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            eprintln!(
+                "handed={} delivered={} written={} broken={:?} hostile={:?} {}",
+                self.tap.handed_count(),
+                self.delivered.len(),
+                self.tap.written.lock().unwrap().len(),
+                self.qp.broken(),
+                (self.rx.hostile, self.tx.hostile),
+                moved.join(" ")
+            );
+        }
         ledger::check_never(c);
         assert_eq!(
             ledger::rx_accounted(c),
