@@ -374,7 +374,15 @@ fn vhost_user_messages() {
         vu_state(s, SET_VRING_ENABLE, 1, 1, 0);
         s.u8(SET_FEATURES).u8(3).bool(true).u8(0);
         // One region of 64 KiB, file exactly as large.
-        s.u8(SET_MEM_TABLE).u8(3).u8(1).u8(0).u8(15).u8(1).u8(0);
+        // count mode, count, region flags (none raw), size 16 pages, no extra fd, d.
+        s.u8(SET_MEM_TABLE)
+            .u8(3)
+            .u8(1)
+            .u8(0)
+            .u8(0)
+            .u8(15)
+            .u8(1)
+            .u8(0);
         vu_state(s, SET_VRING_NUM, 3, 0, 8);
         s.u8(SET_VRING_ADDR).u8(3).blob(&[0; 40]).u8(0);
         vu_state(s, SET_VRING_BASE, 3, 0, 0);

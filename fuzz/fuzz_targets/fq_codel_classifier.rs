@@ -274,7 +274,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             _ => {
-                if i.u8() % 16 == 0 {
+                if i.u8().is_multiple_of(16) {
                     let mut out = Vec::new();
                     q.clear(&mut out);
                     assert_eq!(out.len(), m.packets.len());

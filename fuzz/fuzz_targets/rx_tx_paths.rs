@@ -34,7 +34,7 @@ const MAX_OPS: usize = 96;
 /// A frame as the TAP carries it (header first): mostly short and from the
 /// input, sometimes long (up to 70 000 bytes, past the largest frame).
 fn frame(i: &mut Input) -> Vec<u8> {
-    if i.u8() % 8 == 0 {
+    if i.u8().is_multiple_of(8) {
         let len = i.u32() as usize % 70_000;
         let prefix = i.blob(64);
         let mut f: Vec<u8> = (0..len).map(|k| (k * 7) as u8).collect();
@@ -129,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
             5 => h.tap.push_read(Step::Errno(ERRNOS[i.below(ERRNOS.len())])),
             6 => h.tap.push_write(Step::Errno(ERRNOS[i.below(ERRNOS.len())])),
             7 | 8 => {
-                let ready = i.u8() % 4 != 0;
+                let ready = !i.u8().is_multiple_of(4);
                 h.rx(ready);
             }
             9 => h.tx(),

@@ -230,7 +230,7 @@ fn mem_table(i: &mut Input) -> (Vec<u8>, Vec<OwnedFd>) {
         };
         fds.push(memfd(file.min(1 << 40)));
     }
-    if i.u8() % 8 == 0 {
+    if i.u8().is_multiple_of(8) {
         fds.push(make_fd(i));
     }
     (p, fds)
@@ -548,7 +548,10 @@ fn run(data: &[u8]) {
     let result = relay.join().expect("the relay panicked");
     let got = dispatcher.join().unwrap();
     drop(front);
-    let _ = replies;
+    if std::env::var_os("VHOST_TAP_FUZZ_DEBUG").is_some() {
+        let codes: Vec<u32> = got.iter().map(|g| g.request).collect();
+        eprintln!("sent {} (honest: {honest}), dispatcher got {codes:?}, {replies} replies, relay: {result:?}", expected.len());
+    }
 
     // Nothing the rules refuse reached the dispatcher, and no enable
     // before PROTOCOL_FEATURES.

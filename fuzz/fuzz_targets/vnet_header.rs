@@ -83,7 +83,7 @@ fn check_offloads(features: u64) {
 fn frame(i: &mut Input, hdr_len: usize) -> Vec<u8> {
     let mut f = i.bytes(hdr_len).to_vec();
     f.resize(hdr_len, 0);
-    let body = if i.u8() % 8 == 0 {
+    let body = if i.u8().is_multiple_of(8) {
         let len = usize::from(i.u16()) + 1500;
         (0..len).map(|k| k as u8).collect()
     } else {

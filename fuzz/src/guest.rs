@@ -162,10 +162,9 @@ impl Guest {
         let part = if spec.indirect { SLOT / n as u64 } else { SLOT };
         let mut segs = Vec::with_capacity(n);
         for i in 0..n {
-            let base = if spec.indirect {
-                Self::slot(head) + i as u64 * part
-            } else {
-                Self::slot(descs[i])
+            let base = match descs.get(i) {
+                Some(&d) if !spec.indirect => Self::slot(d),
+                _ => Self::slot(head) + i as u64 * part,
             };
             let off = u64::from(spec.offset) % part;
             let len = u64::from(spec.lens.get(i).copied().unwrap_or(1)).clamp(1, part - off);
