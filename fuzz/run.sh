@@ -5,7 +5,7 @@
 # first target that crashes, naming the saved input and how to replay it.
 #
 #   fuzz/run.sh [TARGET...]        every target when none is named
-#   FUZZ_SECONDS=300 fuzz/run.sh   time per target (default 45)
+#   FUZZ_SECONDS=300 fuzz/run.sh   time per target (default 40)
 #
 # Needs the nightly toolchain and cargo-fuzz (tests/setup-host.sh installs
 # cargo-fuzz). Builds into fuzz/target (ASan, debug assertions); a crash
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-seconds=${FUZZ_SECONDS:-45}
+seconds=${FUZZ_SECONDS:-40}
 all=(vhost_user_messages descriptor_chains rx_tx_paths vnet_header config_parser fq_codel_classifier)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")

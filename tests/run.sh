@@ -7,7 +7,7 @@
 #      #[ignore = "needs root ..."] (real TAPs, QEMU guests, DPDK/trafgen
 #      peers) — and the loom models of the ring,
 #   4. runs each fuzz target for a bounded time (fuzz/run.sh; FUZZ_SECONDS,
-#      default 45 s per target).
+#      default 40 s per target).
 # Plain `cargo test` (no root needed) runs only the pure tests; see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,6 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 
 # The fuzz targets (fuzz/README.md), each from its checked-in corpus for a
 # bounded time, built with the nightly toolchain into fuzz/target.
-step="running the fuzz targets (fuzz/run.sh, ${FUZZ_SECONDS:-45} s each)"
+step="running the fuzz targets (fuzz/run.sh, ${FUZZ_SECONDS:-40} s each)"
 bash fuzz/run.sh
 echo "run.sh: all tests passed"
