@@ -93,6 +93,7 @@ pub struct Guest {
     outstanding: HashMap<u16, Posted>,
     /// The guest wrote raw bytes: used entries are no longer checked.
     pub hostile: bool,
+    event_idx: bool,
 }
 
 impl Guest {
@@ -127,6 +128,25 @@ impl Guest {
             free: (0..size).rev().collect(),
             outstanding: HashMap::new(),
             hostile: false,
+            event_idx,
+        }
+    }
+
+    /// Whether the guest asked for an interrupt for the used entries
+    /// `old..new` (virtio 2.7.7.2 and 2.7.10): with EVENT_IDX when
+    /// `used_event` is among them (the kernel's `vring_need_event`),
+    /// without unless it set `VRING_AVAIL_F_NO_INTERRUPT`.
+    pub fn wants_interrupt(&self, old: u16, new: u16) -> bool {
+        if old == new {
+            return false;
+        }
+        let flags: u16 = u16::from_le(self.mem.read_obj(GuestAddress(AVAIL)).unwrap());
+        let at = AVAIL + 4 + 2 * u64::from(self.size);
+        let used_event: u16 = u16::from_le(self.mem.read_obj(GuestAddress(at)).unwrap());
+        if self.event_idx {
+            new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            flags & 1 == 0
         }
     }
 

@@ -1,5 +1,6 @@
 //! One queue pair on a scripted TAP, with an RX and a TX vring of a guest,
-//! and the books that say where every frame went. The data-path targets
+//! and the books that say where every frame went, and whether the guest
+//! got the interrupts it asked for. The data-path targets
 //! decide what happens; this checks it after every pass and at the end.
 
 use std::sync::Arc;
@@ -78,7 +79,15 @@ impl Harness {
     /// One RX pass, then the guest looks at its used ring.
     pub fn rx(&mut self, ready: bool) {
         let mem = self.rx.mem.clone();
-        let _ = self.qp.rx_run(&mut self.rx.queue, &mem, self.neg, ready);
+        let old = self.rx.used_idx();
+        let pass = self.qp.rx_run(&mut self.rx.queue, &mem, self.neg, ready);
+        if !self.rx.hostile {
+            let want = self.rx.wants_interrupt(old, self.rx.used_idx());
+            assert_eq!(
+                pass.interrupt, want,
+                "RX interrupt for used entries {old}.."
+            );
+        }
         self.note_marks();
         self.harvest_rx();
         self.check_books();
@@ -95,7 +104,15 @@ impl Harness {
     /// One TX pass, then the guest looks at its used ring.
     pub fn tx(&mut self) {
         let mem = self.tx.mem.clone();
-        let _ = self.qp.tx_run(&mut self.tx.queue, &mem, self.neg);
+        let old = self.tx.used_idx();
+        let pass = self.qp.tx_run(&mut self.tx.queue, &mem, self.neg);
+        if !self.tx.hostile {
+            let want = self.tx.wants_interrupt(old, self.tx.used_idx());
+            assert_eq!(
+                pass.interrupt, want,
+                "TX interrupt for used entries {old}.."
+            );
+        }
         self.harvest_tx();
         self.check_books();
     }
