@@ -6,7 +6,9 @@
 #   3. runs every crate's tests — the pure ones and those marked
 #      #[ignore = "needs root ..."] (real TAPs, QEMU guests, DPDK/trafgen
 #      peers), the data-path and relay tests again under AddressSanitizer,
-#      and the loom models of the ring.
+#      and the loom models of the ring,
+#   4. runs each fuzz target for a bounded time (fuzz/run.sh; FUZZ_SECONDS,
+#      default 40 s per target).
 # Plain `cargo test` (no root needed) runs only the pure tests; see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,4 +55,9 @@ CARGO_TARGET_DIR=target/asan RUSTFLAGS="-Zsanitizer=address" \
 step="running the loom models (cargo test -p ptr-ring --test loom, cfg(loom))"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p ptr-ring --test loom
+
+# The fuzz targets (fuzz/README.md), each from its checked-in corpus for a
+# bounded time, built with the nightly toolchain into fuzz/target.
+step="running the fuzz targets (fuzz/run.sh, ${FUZZ_SECONDS:-40} s each)"
+bash fuzz/run.sh
 echo "run.sh: all tests passed"

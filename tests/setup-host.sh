@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what the test suite and the benchmarks need on a Debian 12 host:
 # QEMU 10 from bookworm-backports, DPDK (testpmd), netsniff-ng (trafgen),
-# iproute2, and the packages vm-images/build.sh uses. Idempotent: does nothing
-# when everything is present. Needs root to install.
+# iproute2, and the packages vm-images/build.sh uses; and cargo-fuzz for
+# the fuzz step (fuzz/run.sh, on the nightly toolchain). Idempotent: does
+# nothing when everything is present. Needs root to install.
 #
 # Says in one line what it does; on failure, which step failed and why.
 # Reads apt's sources in either format (classic sources.list, deb822
@@ -51,8 +52,20 @@ check promtool prometheus
 check systemd-analyze systemd
 check setpriv util-linux
 
+# The fuzz step: cargo-fuzz, built with the nightly toolchain it drives.
+step="checking the fuzz tools (cargo +nightly, cargo-fuzz)"
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "setup-host: the fuzz step needs the nightly toolchain, which is missing (rustup toolchain install nightly)" >&2
+    exit 1
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "setup-host: installing cargo-fuzz (cargo install cargo-fuzz --locked) — missing: cargo fuzz"
+    step="installing cargo-fuzz (cargo install cargo-fuzz --locked)"
+    cargo install --quiet cargo-fuzz --locked
+fi
+
 if [ ${#need[@]} -eq 0 ]; then
-    echo "setup-host: all packages present (qemu-system-x86_64 $qv, dpdk-testpmd, trafgen, ip, ethtool, iperf3, ping, cpio, busybox, prometheus, systemd-analyze, setpriv)"
+    echo "setup-host: all packages present (qemu-system-x86_64 $qv, dpdk-testpmd, trafgen, ip, ethtool, iperf3, ping, cpio, busybox, prometheus, systemd-analyze, setpriv, cargo-fuzz)"
     exit 0
 fi
 

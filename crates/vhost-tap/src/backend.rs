@@ -128,8 +128,8 @@ impl Timers {
 }
 
 /// The TAP offloads that match what the guest acked: what the TAP may hand
-/// us is what the guest accepts.
-fn tap_offloads(acked: u64) -> u32 {
+/// us is what the guest accepts. Public for the `vnet_header` fuzz target.
+pub fn tap_offloads(acked: u64) -> u32 {
     let has = |bit: u32| acked & (1 << bit) != 0;
     let mut off = 0;
     if has(VIRTIO_NET_F_GUEST_CSUM) {

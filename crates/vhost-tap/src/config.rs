@@ -431,18 +431,23 @@ impl RawDevice {
 /// Parse and check a configuration file's text.
 pub fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file: FileConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| {
-            text[..s.start.min(text.len())]
-                .bytes()
-                .filter(|&b| b == b'\n')
-                .count()
-                + 1
-        });
+        let start = e.span().map(|s| s.start.min(text.len()));
+        let line = start.map(|at| text[..at].bytes().filter(|&b| b == b'\n').count() + 1);
+        // The toml crate has errors without a description (a stray carriage
+        // return, for one): say at least where the TOML stops being TOML.
+        let message = match (e.message(), start) {
+            ("", Some(at)) => {
+                let column = text[..at].chars().rev().take_while(|&c| c != '\n').count() + 1;
+                format!("not valid TOML at column {column}")
+            }
+            ("", None) => "not valid TOML".to_string(),
+            (m, _) => m.to_string(),
+        };
         ConfigError {
             file: Some(path.to_path_buf()),
             line,
             key: None,
-            message: e.message().to_string(),
+            message,
         }
     })?;
     if file.device.is_empty() {
@@ -539,6 +544,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("metrics")));
+    }
+
+    #[test]
+    fn toml_errors_without_a_description_still_say_where() {
+        // Found by the config_parser fuzz target: the toml crate describes
+        // a stray carriage return with an empty message, and the error read
+        // "/etc/vt.toml:2: " and nothing more.
+        let e = parse("[[device]]\n\rsocket = \"/a\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.message, "not valid TOML at column 1");
+        let e = parse("\r").unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (Some(1), "not valid TOML at column 1")
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ counters! {
         tx_bytes,
         /// Frames read from the TAP shorter than a virtio-net header plus an Ethernet header.
         rx_dropped_too_short,
-        /// Frames larger than the guest's buffers can hold (no MRG_RXBUF, or more buffers than the queue has).
+        /// Frames larger than the guest's buffers can hold (no MRG_RXBUF, or more than its whole descriptor table holds).
         rx_dropped_too_big,
         /// Frames the TAP returned truncated (larger than the reader's buffer).
         rx_dropped_truncated,

@@ -39,6 +39,10 @@ pub struct Gathered {
     pub capacity: usize,
     /// Buffers (descriptors) they have.
     pub segments: usize,
+    /// Descriptors of the queue's table they occupy (an indirect chain
+    /// occupies one): when that is the whole table, no chain can come
+    /// before these are returned.
+    pub descriptors: usize,
 }
 
 /// Take and walk avail RX chains into `chains[..]` until they hold `want`
@@ -72,6 +76,7 @@ pub fn gather(
         g.taken += 1;
         g.capacity += c.total_len as usize;
         g.segments += c.segments.len();
+        g.descriptors += usize::from(c.descriptors);
         if !mrg_rxbuf || g.segments >= max_segments {
             break;
         }

@@ -262,7 +262,12 @@ fn deliver(
             chains,
         )?;
         if g.capacity < len {
-            let never = !neg.mrg_rxbuf && g.taken == 1 || g.taken >= usize::from(table.size);
+            // Never: without MRG_RXBUF a frame has one chain; with it, the
+            // chains taken occupy the whole descriptor table, so the guest
+            // cannot post another before we return one (counting chains
+            // instead left a frame waiting forever at the ring's head when
+            // the guest's chains had several descriptors each).
+            let never = !neg.mrg_rxbuf && g.taken == 1 || g.descriptors >= usize::from(table.size);
             rx_buffers::put_back(&mut iter, g.taken);
             return Ok(if never {
                 Delivery::TooBig {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -151,6 +151,40 @@ impl Vring {
         self.mem.write_obj(0u16, GuestAddress(d + 14)).unwrap();
         let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
         self.mem.write_obj(i.to_le(), GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL + 2))
+            .unwrap();
+    }
+
+    /// Post one chain over descriptors `first..first + lens.len()`, buffer
+    /// `i` of `lens[i]` bytes in descriptor `i`'s page, all with `flags`.
+    fn post_chain(&mut self, first: u16, lens: &[u32], flags: u16) {
+        let n = lens.len() as u16;
+        for (k, &len) in lens.iter().enumerate() {
+            let i = first + k as u16;
+            let d = DESC + 16 * u64::from(i);
+            let last = k as u16 + 1 == n;
+            let f = if last {
+                flags
+            } else {
+                flags | VRING_DESC_F_NEXT as u16
+            };
+            self.mem
+                .write_obj(Self::buf(i).to_le(), GuestAddress(d))
+                .unwrap();
+            self.mem
+                .write_obj(len.to_le(), GuestAddress(d + 8))
+                .unwrap();
+            self.mem.write_obj(f.to_le(), GuestAddress(d + 12)).unwrap();
+            self.mem
+                .write_obj((i + 1).to_le(), GuestAddress(d + 14))
+                .unwrap();
+        }
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        self.mem
+            .write_obj(first.to_le(), GuestAddress(slot))
+            .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.mem
             .write_obj(self.avail_idx.to_le(), GuestAddress(AVAIL + 2))
@@ -425,6 +459,30 @@ fn rx_runts_and_truncated_frames_are_counted_not_delivered() {
     assert_eq!(get(&f.c.rx_dropped_truncated), 1);
     assert_eq!((f.v.used_idx(), get(&f.c.rx_frames)), (1, 1));
     assert_eq!(f.v.used(0).1 as usize, HDR_LEN + 64);
+}
+
+#[test]
+fn rx_a_frame_larger_than_all_the_guests_descriptors_hold_is_dropped() {
+    // Found by the rx_tx_paths fuzz target. With MRG_RXBUF, a guest whose
+    // chains have several descriptors each can have its whole table posted
+    // and still too little room for a frame: it cannot post more until we
+    // return a chain. The frame used to wait at the ring's head forever
+    // (only a frame needing more *chains* than the queue size was dropped),
+    // and every frame behind it with it.
+    let mut f = Fixture::new();
+    // One chain of all 16 descriptors, 8 bytes each: 128 bytes.
+    f.v.post_chain(0, &[8; QSIZE as usize], VRING_DESC_F_WRITE as u16);
+    f.tap.read_script([
+        Step::Frame(tap_frame(200, 1)),
+        Step::Frame(tap_frame(60, 2)),
+    ]);
+    let _ = f.rx();
+    assert_eq!(get(&f.c.rx_dropped_too_big), 1);
+    // The chain was put back and takes the next frame, which fits.
+    assert_eq!((f.v.used_idx(), get(&f.c.rx_frames)), (1, 1));
+    let (id, len) = f.v.used(0);
+    assert_eq!((id, len as usize), (0, HDR_LEN + 60));
+    assert_eq!(f.qp.broken(), (false, false));
 }
 
 #[test]

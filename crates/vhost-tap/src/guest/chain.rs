@@ -94,6 +94,10 @@ pub struct Chain {
     pub head: u16,
     pub segments: Vec<Segment>,
     pub total_len: u32,
+    /// Descriptors the chain occupies in the queue's table (an indirect
+    /// table counts as the one descriptor that points to it): what the
+    /// guest cannot use for other chains until this one is returned.
+    pub descriptors: u16,
 }
 
 /// Walk the chain starting at `head` in the table at `table` of `size`
@@ -109,6 +113,7 @@ pub fn walk(
     out.head = head;
     out.segments.clear();
     out.total_len = 0;
+    out.descriptors = 0;
 
     let mut table = table;
     let mut table_size = size;
@@ -133,6 +138,10 @@ pub fn walk(
             addr: at.raw_value(),
         })?;
         let (addr, len, flags, next) = (desc.addr(), desc.len(), desc.flags(), desc.next());
+        if !indirect {
+            // At most `size` of them: `seen` is checked above.
+            out.descriptors += 1;
+        }
 
         if flags & F_INDIRECT != 0 {
             if indirect {
@@ -244,7 +253,7 @@ mod tests {
         put(&m, TABLE, 3, (0x5000, 1500, F_WRITE, 0));
         let c = walk_rx(&m, 0).unwrap();
         assert_eq!(c.total_len, 1512);
-        assert_eq!(c.segments.len(), 2);
+        assert_eq!((c.segments.len(), c.descriptors), (2, 2));
         assert_eq!(c.segments[1].addr, GuestAddress(0x5000));
     }
 
@@ -302,7 +311,13 @@ mod tests {
         put(&m, ind, 0, (0x4000, 12, F_WRITE | F_NEXT, 1));
         put(&m, ind, 1, (0x5000, 100, F_WRITE, 0));
         put(&m, TABLE, 0, (ind, 32, F_INDIRECT, 0));
-        assert_eq!(walk_rx(&m, 0).unwrap().total_len, 112);
+        let c = walk_rx(&m, 0).unwrap();
+        assert_eq!(c.total_len, 112);
+        assert_eq!(
+            (c.segments.len(), c.descriptors),
+            (2, 1),
+            "an indirect chain occupies one descriptor of the queue's table"
+        );
 
         put(&m, TABLE, 1, (ind, 24, F_INDIRECT, 0));
         assert!(matches!(

@@ -163,6 +163,7 @@ mod tests {
                 },
             ],
             total_len: 12 + 64 + 0x200,
+            descriptors: 3,
         };
         let mut iov = Vec::new();
         guest_iovecs(&map, std::slice::from_ref(&chain), &mut iov).unwrap();
@@ -188,6 +189,7 @@ mod tests {
                 len: 0x200,
             }],
             total_len: 0x200,
+            descriptors: 1,
         };
         iov.clear();
         assert!(matches!(
@@ -209,11 +211,13 @@ mod tests {
                 head: 3,
                 segments: vec![seg(0x100, 5), seg(0x200, 7)],
                 total_len: 12,
+                descriptors: 2,
             },
             Chain {
                 head: 9,
                 segments: vec![seg(0xffc, 8)],
                 total_len: 8,
+                descriptors: 1,
             },
         ];
         let frame: Vec<u8> = (1..=18).collect();

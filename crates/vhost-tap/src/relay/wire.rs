@@ -87,12 +87,11 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> i
             return Err(e);
         }
     };
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "message carried more descriptors than the protocol allows",
-        ));
-    }
+    // Take every descriptor the kernel installed first, also when the
+    // control message was truncated (MSG_CTRUNC: more descriptors than fit
+    // `cmsg`; the kernel installs those that fit and closes the rest):
+    // owned, they are closed with `fds` when the caller refuses the message.
+    // Returning before this leaked up to 36 descriptors per such message.
     // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !c.is_null() {
@@ -115,6 +114,12 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> i
         }
         // SAFETY: as for CMSG_FIRSTHDR.
         c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message carried more descriptors than the protocol allows",
+        ));
     }
     Ok(n)
 }
