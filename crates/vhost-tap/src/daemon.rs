@@ -59,6 +59,25 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         matches!(self, StartError::Usage | StartError::Config(_))
     }
+
+    /// The error, and for a refusal (EACCES, EPERM) after the privileges
+    /// were lowered, what the daemon may still do: a reload cannot do more.
+    pub fn explained(&self) -> String {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        let mut refused = false;
+        while let Some(c) = cause {
+            refused |= c
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            cause = c.source();
+        }
+        match crate::privileges::lowered() {
+            Some(now) if refused => format!(
+                "{self} (since its start the daemon runs as {now}: a reload cannot do what takes more, see docs/security.md)"
+            ),
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// Open (create or attach) a device's TAP and set the device up.
@@ -392,7 +411,7 @@ impl Devices {
                     info!("{}: added by the reload", d.device.name);
                     self.running.push(r);
                 }
-                Err(e) => error!("{}: not started: {e}", d.device.name),
+                Err(e) => error!("{}: not started: {}", d.device.name, e.explained()),
             }
         }
         self.publish();
@@ -413,10 +432,16 @@ impl Devices {
                 self.running.push(n);
             }
             Err(e) => {
-                error!("{name}: the changed configuration does not start: {e}; back to the previous one");
+                error!(
+                    "{name}: the changed configuration does not start: {}; back to the previous one",
+                    e.explained()
+                );
                 match start(&old, &self.dir, &self.acceptor) {
                     Ok(n) => self.running.push(n),
-                    Err(e) => error!("{name}: the previous configuration does not start either: {e}; the device is stopped"),
+                    Err(e) => error!(
+                        "{name}: the previous configuration does not start either: {}; the device is stopped",
+                        e.explained()
+                    ),
                 }
             }
         }

@@ -12,6 +12,7 @@
 use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use caps::{CapSet, Capability, CapsHashSet};
 use log::{info, warn};
@@ -179,6 +180,14 @@ pub enum PrivilegeError {
     Check { keep: String, now: String },
 }
 
+/// What [`drop_to`] left, for errors of what a reload tries later.
+static LOWERED: OnceLock<String> = OnceLock::new();
+
+/// The user, group and capabilities the daemon kept, once [`drop_to`] ran.
+pub fn lowered() -> Option<&'static str> {
+    LOWERED.get().map(String::as_str)
+}
+
 fn names(set: &CapsHashSet) -> String {
     let mut v: Vec<String> = set.iter().map(|c| c.to_string()).collect();
     v.sort();
@@ -304,6 +313,10 @@ pub fn drop_to(p: &Privileges, needs: &Needs, own: &[&Path]) -> Result<(), Privi
         (None, true) => format!("uid {uid}, gid {gid}"),
         (None, false) => format!("uid {uid}, gid {gid} (as started)"),
     };
+    let _ = LOWERED.set(format!(
+        "uid {uid}, gid {gid}, capabilities [{}]",
+        names(&keep)
+    ));
     if wanted.is_empty() {
         info!("privileges: {who}, no capabilities (nothing after start needs one)");
     } else {
