@@ -215,10 +215,8 @@ fn switch(user: Option<&User>, gid: u32) -> Result<(), PrivilegeError> {
                 source: io::ErrorKind::InvalidInput.into(),
             })?;
             // SAFETY: `c` is a NUL-terminated name; initgroups reads the group database.
-            check(
-                unsafe { libc::initgroups(c.as_ptr(), gid) },
-                &format!("the groups of {name}"),
-            )?;
+            let r = unsafe { libc::initgroups(c.as_ptr(), gid) };
+            check(r, &format!("the groups of {name}"))?;
         }
         // SAFETY: one gid, read from a live array of one.
         None => check(unsafe { libc::setgroups(1, &gid) }, &group)?,
@@ -227,10 +225,8 @@ fn switch(user: Option<&User>, gid: u32) -> Result<(), PrivilegeError> {
     check(unsafe { libc::setresgid(gid, gid, gid) }, &group)?;
     if let Some(u) = user {
         // SAFETY: as above.
-        check(
-            unsafe { libc::setresuid(u.uid, u.uid, u.uid) },
-            &format!("uid {}", u.uid),
-        )?;
+        let r = unsafe { libc::setresuid(u.uid, u.uid, u.uid) };
+        check(r, &format!("uid {}", u.uid))?;
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub enum SeccompError {
     Build(#[from] seccompiler::BackendError),
     #[error("cannot install the SIGSYS handler: {0}")]
     Handler(io::Error),
+    #[error("cannot start a thread to try the filter: {0}")]
+    Trial(io::Error),
     #[error("the kernel refuses the workers' filter ({0}); run with `seccomp = false` (--seccomp false) on a kernel without seccomp filters")]
     Kernel(seccompiler::Error),
 }
@@ -237,17 +239,18 @@ pub fn prepare(enabled: bool) -> Result<(), SeccompError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)?;
     let filter = SeccompFilter::new(rules, MISMATCH, SeccompAction::Allow, arch)?;
     let program = BpfProgram::try_from(filter)?;
+    // Before the trial: a trapped call without a handler kills the process.
+    install_handler().map_err(SeccompError::Handler)?;
     // A throwaway thread (filters are per thread) tells now whether the
     // kernel takes it, rather than every worker later.
     let trial = program.clone();
     std::thread::Builder::new()
         .name("seccomp-check".into())
         .spawn(move || seccompiler::apply_filter(&trial))
-        .map_err(SeccompError::Handler)?
+        .map_err(SeccompError::Trial)?
         .join()
         .unwrap_or(Err(seccompiler::Error::EmptyFilter))
         .map_err(SeccompError::Kernel)?;
-    install_handler().map_err(SeccompError::Handler)?;
     let _ = FILTER.set(program);
     info!(
         "seccomp: every data-path worker confines itself at its first event: no capabilities, {n} system calls (docs/security.md); any other fails with EPERM{}",
