@@ -162,7 +162,7 @@ impl Needs {
 pub enum PrivilegeError {
     #[error("cannot read the daemon's capabilities: {0}")]
     Read(caps::errors::CapsError),
-    #[error("cannot give {} to uid {uid} gid {gid}: {source}", path.display())]
+    #[error("cannot give {} to uid {uid} gid {gid}: {source} (switching user takes CAP_CHOWN, CAP_SETUID and CAP_SETGID: start the daemon as root, or as that user without `user`/`group`)", path.display())]
     Chown {
         path: PathBuf,
         uid: u32,
