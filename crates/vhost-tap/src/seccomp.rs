@@ -104,7 +104,8 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendEr
         // std's HashMap keys (vhost-user-backend's set of pending vrings).
         (libc::SYS_getrandom, any()),
         // glibc's malloc: thread arenas grow with mprotect and shrink with
-        // madvise, large blocks are mmapped; never executable memory.
+        // madvise, large blocks are mmapped; guest/fault.rs maps zeros over
+        // a guest memory file that shrank. Never executable memory.
         (libc::SYS_mmap, no_exec()?),
         (libc::SYS_mprotect, no_exec()?),
         (libc::SYS_munmap, any()),
@@ -121,8 +122,12 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendEr
         (libc::SYS_rt_sigprocmask, any()),
         (libc::SYS_sigaltstack, any()),
         (libc::SYS_exit, any()),
-        // Return from [`refuse`].
+        // Return from a signal handler ([`refuse`], guest/fault.rs's SIGBUS
+        // handler); those and std's SIGSEGV handler give a fault that is not
+        // theirs back to the previous action (not seen: refused, the fault
+        // would repeat forever instead of ending the process).
         (libc::SYS_rt_sigreturn, any()),
+        (libc::SYS_rt_sigaction, any()),
         // Not seen: abort() (a failed allocation) signals its own thread.
         (libc::SYS_getpid, any()),
         (libc::SYS_gettid, any()),
