@@ -42,6 +42,9 @@ pub enum SeccompError {
     Kernel(seccompiler::Error),
 }
 
+/// What vhost-user-backend names its worker threads.
+const WORKER_NAME: &str = "vring_worker";
+
 /// The compiled filter; unset while seccomp is off.
 static FILTER: OnceLock<BpfProgram> = OnceLock::new();
 
@@ -278,6 +281,12 @@ pub fn confine_worker(name: &str, queue: usize) {
     let Some(program) = FILTER.get() else {
         return;
     };
+    // vhost-user-backend 0.24 calls the backend's handle_event from its
+    // workers only; should that change, a control thread must not be caught.
+    if std::thread::current().name() != Some(WORKER_NAME) {
+        warn!("{name}: queue {queue}: an event on a thread that is not a {WORKER_NAME}; it stays unconfined");
+        return;
+    }
     // Capabilities are per thread: a worker needs none.
     if let Err(e) = caps::clear(None, caps::CapSet::Permitted) {
         warn!("{name}: queue {queue}: cannot drop the worker's capabilities: {e}");
