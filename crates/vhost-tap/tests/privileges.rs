@@ -466,3 +466,32 @@ fn as_nobody_with_cap_net_admin_a_reload_still_creates_taps() {
     traffic(&d, &mut drv, 100);
     d.assert_no_panic();
 }
+
+#[test]
+#[ignore = "needs root and /dev/net/tun: run by tests/run.sh"]
+fn user_flag_switches_a_command_line_daemon_to_no_capabilities() {
+    let nobody = vhost_tap::privileges::user("nobody").expect("a user nobody");
+    let d = Daemon::start(Opts {
+        extra: ["--user", "nobody"].map(String::from).to_vec(),
+        ..opts()
+    });
+    d.wait_log(
+        &["privileges: user nobody", "no capabilities"],
+        Duration::from_secs(5),
+    )
+    .expect("the switch is not logged");
+    let status = fs::read_to_string(format!("/proc/{}/status", d.pid)).unwrap();
+    let (uid, gid) = (nobody.uid, nobody.gid.unwrap());
+    for want in [
+        format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}"),
+        format!("Gid:\t{gid}\t{gid}\t{gid}\t{gid}"),
+        format!("Groups:\t{gid}"),
+        "CapEff:\t0000000000000000".into(),
+    ] {
+        assert!(status.contains(&want), "no {want:?} in {status}");
+    }
+    // The relays' private directory is nobody's: connections work.
+    let mut drv = d.connect();
+    assert_confinement(&d, 1, 0);
+    traffic(&d, &mut drv, 100);
+}
