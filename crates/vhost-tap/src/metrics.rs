@@ -349,11 +349,6 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Listen on `addr` and answer `GET /metrics` from `exporter`.
-    pub fn start(addr: &MetricsAddr, exporter: Arc<Exporter>) -> io::Result<MetricsServer> {
-        MetricsListener::bind(addr)?.serve(exporter)
-    }
-
     /// Stop answering and wait for the thread.
     pub fn stop(self) {
         self.server.unblock();
