@@ -105,6 +105,14 @@ pub struct Acceptor {
 impl Acceptor {
     /// Create the epoll and start the thread `accept`.
     pub fn start() -> Result<Arc<Acceptor>, AcceptorError> {
+        let acceptor = Acceptor::new()?;
+        acceptor.spawn()?;
+        Ok(acceptor)
+    }
+
+    /// Create the epoll; the thread `accept` starts with [`Acceptor::spawn`]
+    /// (devices may be added before: their events wait in the epoll).
+    pub fn new() -> Result<Arc<Acceptor>, AcceptorError> {
         let acceptor = Arc::new(Acceptor {
             epoll: Epoll::new().map_err(AcceptorError::Epoll)?,
             wake: EventFd::new(EFD_NONBLOCK).map_err(AcceptorError::WakeEvent)?,
@@ -121,13 +129,18 @@ impl Acceptor {
                 EpollEvent::new(EventSet::IN, WAKE_TOKEN),
             )
             .map_err(AcceptorError::WakeRegister)?;
-        let runner = acceptor.clone();
+        Ok(acceptor)
+    }
+
+    /// Start the thread `accept`.
+    pub fn spawn(self: &Arc<Self>) -> Result<(), AcceptorError> {
+        let runner = self.clone();
         let handle = thread::Builder::new()
             .name("accept".into())
             .spawn(move || runner.run())
             .map_err(AcceptorError::Thread)?;
-        *acceptor.lock_thread() = Some(handle);
-        Ok(acceptor)
+        *self.lock_thread() = Some(handle);
+        Ok(())
     }
 
     /// A fresh token for a device (before [`Acceptor::add`], so that the

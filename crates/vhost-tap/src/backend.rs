@@ -11,6 +11,10 @@
 //! `VringEpollHandler`) and so its own event ids: its two vrings
 //! ([`RX_KICK`], [`TX_KICK`]), the library's exit event at `num_queues`,
 //! and ours above it ([`WorkerEvent`]).
+//!
+//! A worker confines itself ([`crate::seccomp`]) at its first event, which
+//! [`NetBackend::register`] makes come at once (a `resume` write): before
+//! any guest memory is mapped or any frame moves.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -36,6 +40,7 @@ use crate::counters::QueueCounters;
 use crate::datapath::{Negotiated, Pass};
 use crate::device::Device;
 use crate::guest::fault::Registration;
+use crate::seccomp;
 
 /// The virtio features the backend offers: virtio-net's with the
 /// offloads both ways, mergeable RX buffers, multi-queue, and the ring
@@ -206,7 +211,8 @@ impl NetBackend {
         })
     }
 
-    /// Add each pair's TAP queue fd and resume eventfd to its worker's epoll.
+    /// Add each pair's TAP queue fd and resume eventfd to its worker's
+    /// epoll, and wake each worker once so that it confines itself now.
     pub fn register(&self, handlers: &[Arc<VringEpollHandler<Arc<NetBackend>>>]) -> io::Result<()> {
         let nq = self.num_queues();
         for (p, h) in handlers.iter().enumerate().take(self.device.pairs.len()) {
@@ -229,8 +235,23 @@ impl NetBackend {
                     h.register_listener(t.of(dir).as_raw_fd(), EventSet::IN, u64::from(ev.id(nq)))?;
                 }
             }
+            self.resume[p].write(1)?;
         }
         Ok(())
+    }
+
+    /// Count the system calls the filter refused on this worker (pair
+    /// `p`); log the first of each worker.
+    fn report_refused(&self, p: usize, r: seccomp::Refused) {
+        QueueCounters::add(&self.device.counters[p].syscalls_refused, r.count);
+        if r.first {
+            error!(
+                "{}: queue {p}: seccomp refused system call {} on this worker (it failed with EPERM); \
+                 a call missing from the allowlist or an attack (docs/security.md); \
+                 further refusals of this worker are only counted (syscalls_refused)",
+                self.device.settings.name, r.last
+            );
+        }
     }
 
     fn negotiated(&self) -> Negotiated {
@@ -467,6 +488,8 @@ impl VhostUserBackend for NetBackend {
         vrings: &[Self::Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        // First of all, before anything a guest wrote is looked at.
+        seccomp::confine_worker(&self.device.settings.name, thread_id);
         // One worker per queue pair: `vrings` holds that pair's RX and TX
         // vrings, and vring events carry indexes into it.
         if vrings.len() != 2 || thread_id >= self.device.pairs.len() {
@@ -525,6 +548,9 @@ impl VhostUserBackend for NetBackend {
                 }
                 None => {}
             },
+        }
+        if let Some(r) = seccomp::refused() {
+            self.report_refused(p, r);
         }
         Ok(())
     }

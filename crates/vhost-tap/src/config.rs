@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::metrics::MetricsAddr;
+use crate::privileges::{self, Privileges};
 use crate::settings::{DeviceSettings, FqSettings, Mode, RateLimit, TokenBucket};
 use crate::socket::{self, SocketAccess};
 
@@ -117,6 +118,9 @@ const MAX_BURST_FRAMES: i64 = 1 << 30;
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     metrics: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    seccomp: Option<Spanned<bool>>,
     device: Vec<Spanned<RawDevice>>,
 }
 
@@ -125,6 +129,8 @@ struct FileConfig {
 pub struct Config {
     /// Where to serve Prometheus metrics (top-level key `metrics`).
     pub metrics: Option<MetricsAddr>,
+    /// Top-level keys `user`, `group`, `seccomp`.
+    pub privileges: Privileges,
     pub devices: Vec<DeviceConfig>,
 }
 
@@ -501,8 +507,32 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
         })?),
         None => None,
     };
+    let top = Origin {
+        file: Some(path),
+        text,
+        table: None,
+    };
+    let privileges = Privileges {
+        user: match &file.user {
+            Some(u) => Some(
+                privileges::user(u.get_ref()).map_err(|e| top.err(Some(u.span()), "user", e))?,
+            ),
+            None => None,
+        },
+        group: match &file.group {
+            Some(g) => Some(
+                socket::group_id(g.get_ref()).map_err(|e| top.err(Some(g.span()), "group", e))?,
+            ),
+            None => None,
+        },
+        seccomp: file.seccomp.as_ref().is_none_or(|v| *v.get_ref()),
+    };
+    privileges
+        .check()
+        .map_err(|e| top.err(file.user.as_ref().map(|u| u.span()), "user", e))?;
     Ok(Config {
         metrics,
+        privileges,
         devices: out,
     })
 }
@@ -559,6 +589,33 @@ mod tests {
             (e.line, e.message.as_str()),
             (Some(1), "not valid TOML at column 1")
         );
+    }
+
+    #[test]
+    fn user_group_and_seccomp_are_top_level_keys() {
+        let dev = "[[device]]\nsocket = \"/a\"\ntap = \"vt0\"\n";
+        let c = parse_file(Path::new("/x.toml"), dev).unwrap();
+        assert_eq!(c.privileges, Privileges::default());
+        assert!(c.privileges.seccomp);
+        let c = parse_file(
+            Path::new("/x.toml"),
+            &format!("user = \"root\"\ngroup = \"0\"\nseccomp = false\n{dev}"),
+        )
+        .unwrap();
+        let p = &c.privileges;
+        assert_eq!(
+            (p.user.as_ref().map(|u| u.uid), p.group, p.seccomp),
+            (Some(0), Some(0), false)
+        );
+        for (line, key) in [
+            ("user = \"no-such-user-vt\"", "user"),
+            ("group = \"no-such-group-vt\"", "group"),
+            // A uid without a passwd entry has no primary group.
+            ("user = \"4000000000\"", "user"),
+        ] {
+            let e = parse_file(Path::new("/x.toml"), &format!("{line}\n{dev}")).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(1), Some(key)), "{e}");
+        }
     }
 
     #[test]

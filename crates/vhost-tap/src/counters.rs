@@ -125,6 +125,8 @@ counters! {
         rx_aqm_backlog_bytes,
         /// FQ-CoDel mode: flows with frames waiting (gauge).
         rx_aqm_flows,
+        /// System calls the worker's seccomp filter refused (each failed with EPERM): a call missing from the allowlist, or an attack; 0 in normal operation (docs/security.md).
+        syscalls_refused,
     }
 }
 

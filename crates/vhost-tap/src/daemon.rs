@@ -42,6 +42,10 @@ pub enum StartError {
     Device { tap: String, source: DeviceError },
     #[error("{tap}: {source}")]
     Server { tap: String, source: ServerError },
+    #[error("seccomp: {0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("privileges: {0}")]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: String,
@@ -54,6 +58,25 @@ impl StartError {
     /// set up the host (exit status 1).
     pub fn is_config(&self) -> bool {
         matches!(self, StartError::Usage | StartError::Config(_))
+    }
+
+    /// The error, and for a refusal (EACCES, EPERM) after the privileges
+    /// were lowered, what the daemon may still do: a reload cannot do more.
+    pub fn explained(&self) -> String {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        let mut refused = false;
+        while let Some(c) = cause {
+            refused |= c
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            cause = c.source();
+        }
+        match crate::privileges::lowered() {
+            Some(now) if refused => format!(
+                "{self} (since its start the daemon runs as {now}: a reload cannot do what takes more, see docs/security.md)"
+            ),
+            _ => self.to_string(),
+        }
     }
 }
 
@@ -160,9 +183,15 @@ impl Running {
     }
 }
 
-/// Start one device: open it, bind its socket and hand it to the accept
-/// loop (or, in client mode, start its thread).
-fn start(d: &DeviceConfig, dir: &Path, acceptor: &Arc<Acceptor>) -> Result<Running, StartError> {
+/// A device whose TAP is open and whose socket is bound; not served yet.
+struct Opened {
+    config: DeviceConfig,
+    server: Arc<DeviceServer>,
+    stop: Arc<Stop>,
+}
+
+/// Open one device and bind its socket.
+fn open(d: &DeviceConfig, dir: &Path, acceptor: &Arc<Acceptor>) -> Result<Opened, StartError> {
     let device = Arc::new(open_device(d)?);
     let stop = Stop::new();
     let server = DeviceServer::new(
@@ -178,16 +207,40 @@ fn start(d: &DeviceConfig, dir: &Path, acceptor: &Arc<Acceptor>) -> Result<Runni
         tap: d.device.name.clone(),
         source,
     })?;
-    server.start().map_err(|source| StartError::Server {
-        tap: d.device.name.clone(),
-        source,
-    })?;
-    Ok(Running {
+    Ok(Opened {
         config: d.clone(),
         server,
         stop,
-        pending: None,
     })
+}
+
+impl Opened {
+    /// Serve it: hand it to the accept loop (or, in client mode, start its
+    /// thread).
+    fn start(self) -> Result<Running, StartError> {
+        self.server.start().map_err(|source| StartError::Server {
+            tap: self.config.device.name.clone(),
+            source,
+        })?;
+        Ok(Running {
+            config: self.config,
+            server: self.server,
+            stop: self.stop,
+            pending: None,
+        })
+    }
+
+    /// Give up a device that was never served: its socket goes, its TAP
+    /// closes when the last reference drops.
+    fn discard(self) {
+        self.server.stop();
+    }
+}
+
+/// Start one device: open it, bind its socket and hand it to the accept
+/// loop (or, in client mode, start its thread).
+fn start(d: &DeviceConfig, dir: &Path, acceptor: &Arc<Acceptor>) -> Result<Running, StartError> {
+    open(d, dir, acceptor)?.start()
 }
 
 /// Every device the daemon serves.
@@ -202,27 +255,58 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// Start every device; if one fails, stop those already started and
-    /// return its error.
-    pub fn start(devs: &[DeviceConfig]) -> Result<Devices, StartError> {
+    /// Start every device: open every TAP and bind every socket, call
+    /// `before_threads` with the devices and the private directory (the
+    /// privileges are lowered there, while no other thread exists), then
+    /// start the accept loop and serve them. If anything fails, everything
+    /// opened so far is closed and removed and the error returned.
+    pub fn start(
+        devs: &[DeviceConfig],
+        before_threads: impl FnOnce(&[&Device], &Path) -> Result<(), StartError>,
+    ) -> Result<Devices, StartError> {
         let dir = server::private_dir().map_err(StartError::PrivateDir)?;
-        let acceptor = match Acceptor::start() {
+        let give_up = |opened: Vec<Opened>, dir: &Path| {
+            opened.into_iter().for_each(Opened::discard);
+            let _ = std::fs::remove_dir_all(dir);
+        };
+        let acceptor = match Acceptor::new() {
             Ok(a) => a,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                give_up(Vec::new(), &dir);
                 return Err(e.into());
             }
         };
+        let mut opened = Vec::with_capacity(devs.len());
+        for d in devs {
+            match open(d, &dir, &acceptor) {
+                Ok(o) => opened.push(o),
+                Err(e) => {
+                    give_up(opened, &dir);
+                    return Err(e);
+                }
+            }
+        }
+        let devices: Vec<&Device> = opened.iter().map(|o| &*o.server.device).collect();
+        if let Err(e) = before_threads(&devices, &dir) {
+            give_up(opened, &dir);
+            return Err(e);
+        }
+        if let Err(e) = acceptor.spawn() {
+            give_up(opened, &dir);
+            return Err(e.into());
+        }
         let mut all = Devices {
             running: Vec::new(),
             exporter: Arc::default(),
             dir,
             acceptor,
         };
-        for d in devs {
-            match start(d, &all.dir, &all.acceptor) {
+        let mut opened = opened.into_iter();
+        for o in opened.by_ref() {
+            match o.start() {
                 Ok(r) => all.running.push(r),
                 Err(e) => {
+                    opened.for_each(Opened::discard);
                     all.shutdown();
                     return Err(e);
                 }
@@ -327,7 +411,7 @@ impl Devices {
                     info!("{}: added by the reload", d.device.name);
                     self.running.push(r);
                 }
-                Err(e) => error!("{}: not started: {e}", d.device.name),
+                Err(e) => error!("{}: not started: {}", d.device.name, e.explained()),
             }
         }
         self.publish();
@@ -348,10 +432,16 @@ impl Devices {
                 self.running.push(n);
             }
             Err(e) => {
-                error!("{name}: the changed configuration does not start: {e}; back to the previous one");
+                error!(
+                    "{name}: the changed configuration does not start: {}; back to the previous one",
+                    e.explained()
+                );
                 match start(&old, &self.dir, &self.acceptor) {
                     Ok(n) => self.running.push(n),
-                    Err(e) => error!("{name}: the previous configuration does not start either: {e}; the device is stopped"),
+                    Err(e) => error!(
+                        "{name}: the previous configuration does not start either: {}; the device is stopped",
+                        e.explained()
+                    ),
                 }
             }
         }

@@ -122,6 +122,12 @@ impl Device {
         }
     }
 
+    /// Whether the daemon sets the tun ring's length with the mode (a
+    /// created TAP without a configured txqueuelen, see [`TunRing`]).
+    pub fn manages_tun_ring(&self) -> bool {
+        self.tun_ring.is_some()
+    }
+
     /// The mode in effect and why.
     pub fn mode(&self) -> Resolution {
         self.mode.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -30,6 +30,9 @@
 //!   from the TAP's `IFF_BACKPRESSURE` and its qdiscs, [`qdisc`], read over
 //!   rtnetlink), at start and again at every frontend connect.
 //! - [`counters`]: per-queue counters; every drop has a reason.
+//! - [`privileges`]: once the devices are open, the capabilities the daemon
+//!   keeps and the user it runs as; [`seccomp`]: the data-path workers'
+//!   filter, applied by each worker to itself.
 
 pub mod acceptor;
 pub mod backend;
@@ -42,8 +45,10 @@ pub mod guest;
 pub mod metrics;
 pub mod mode;
 pub mod notify;
+pub mod privileges;
 pub mod qdisc;
 pub mod relay;
+pub mod seccomp;
 pub mod server;
 pub mod settings;
 pub mod socket;

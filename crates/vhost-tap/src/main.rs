@@ -11,7 +11,8 @@ use toml::Spanned;
 use vhost_tap::config::{self, Config, DeviceConfig, RawDevice};
 use vhost_tap::counters::ReportEvent;
 use vhost_tap::daemon::{Devices, StartError};
-use vhost_tap::metrics::{MetricsAddr, MetricsServer};
+use vhost_tap::metrics::{MetricsAddr, MetricsListener};
+use vhost_tap::privileges::{self, Needs, Privileges};
 
 /// A vhost-user-net backend bridging guests to host TAP devices, with
 /// backpressure instead of tail drops.
@@ -108,21 +109,35 @@ struct Cli {
     /// unix:PATH; GET /metrics). Overrides the config file's `metrics`.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Once the devices are open, run as this user (name or uid), keeping
+    /// only the capabilities still needed. Overrides the file's `user`.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// ... and this group (default: the user's primary group). Overrides
+    /// the file's `group`.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Confine the data-path threads with a seccomp filter (default true;
+    /// `false` for debugging). Overrides the file's `seccomp`.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    seccomp: Option<bool>,
     /// TOML file with one or more [[device]] tables (see docs/config.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
 /// The configuration: the file's, or one device from the command line;
-/// `--metrics` over the file's `metrics`.
+/// `--metrics`, `--user`, `--group` and `--seccomp` over the file's keys.
 fn configuration(cli: &Cli) -> Result<Config, StartError> {
     let mut c = match &cli.config {
         Some(path) => config::load_file(path)?,
         None => Config {
             metrics: None,
+            privileges: Privileges::default(),
             devices: vec![cli_device(cli)?],
         },
     };
+    cli_privileges(cli, &mut c.privileges)?;
     if let Some(m) = &cli.metrics {
         c.metrics = Some(
             MetricsAddr::parse(m).map_err(|message| config::ConfigError {
@@ -134,6 +149,27 @@ fn configuration(cli: &Cli) -> Result<Config, StartError> {
         );
     }
     Ok(c)
+}
+
+/// `--user`, `--group`, `--seccomp` over `p`.
+fn cli_privileges(cli: &Cli, p: &mut Privileges) -> Result<(), StartError> {
+    let err = |key: &str, message: String| config::ConfigError {
+        file: None,
+        line: None,
+        key: Some(key.into()),
+        message,
+    };
+    if let Some(u) = &cli.user {
+        p.user = Some(privileges::user(u).map_err(|e| err("--user", e))?);
+    }
+    if let Some(g) = &cli.group {
+        p.group = Some(vhost_tap::socket::group_id(g).map_err(|e| err("--group", e))?);
+    }
+    if let Some(on) = cli.seccomp {
+        p.seccomp = on;
+    }
+    p.check().map_err(|e| err("--user", e))?;
+    Ok(())
 }
 
 fn cli_device(cli: &Cli) -> Result<DeviceConfig, StartError> {
@@ -342,9 +378,23 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<(), StartError> {
     let cfg = configuration(cli)?;
     let sigs = block_signals();
-    let mut all = Devices::start(&cfg.devices)?;
+    vhost_tap::seccomp::prepare(cfg.privileges.seccomp)?;
+    // Bound now, served once threads may start: see `MetricsListener`.
     let metrics = match &cfg.metrics {
-        Some(addr) => match MetricsServer::start(addr, all.exporter()) {
+        Some(addr) => Some(
+            MetricsListener::bind(addr).map_err(|source| StartError::Metrics {
+                addr: addr.to_string(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let mut all = Devices::start(&cfg.devices, |devices, private_dir| {
+        let needs = Needs::of(cli.config.is_some(), &cfg.devices, devices);
+        privileges::drop_to(&cfg.privileges, &needs, &[private_dir]).map_err(StartError::from)
+    })?;
+    let metrics = match (metrics, &cfg.metrics) {
+        (Some(listener), Some(addr)) => match listener.serve(all.exporter()) {
             Ok(m) => Some(m),
             Err(e) => {
                 all.shutdown();
@@ -354,7 +404,7 @@ fn run(cli: &Cli) -> Result<(), StartError> {
                 });
             }
         },
-        None => None,
+        _ => None,
     };
     // Every socket is bound and listening (connects queue in the backlog
     // until the accept loop takes them): ready.
@@ -375,7 +425,7 @@ fn run(cli: &Cli) -> Result<(), StartError> {
         };
         match sig {
             libc::SIGUSR1 => all.log_reports(ReportEvent::Signal, "counters"),
-            libc::SIGHUP => reload(cli, &mut all, &cfg.metrics),
+            libc::SIGHUP => reload(cli, &mut all, &cfg.metrics, &cfg.privileges),
             sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) => {
                 info!("signal {}: shutting down", signal_name(sig));
                 vhost_tap::notify::stopping();
@@ -398,7 +448,7 @@ fn run(cli: &Cli) -> Result<(), StartError> {
 
 /// SIGHUP: read the configuration file again and change the running set
 /// to it; a file that does not parse or check leaves everything as it is.
-fn reload(cli: &Cli, all: &mut Devices, metrics: &Option<MetricsAddr>) {
+fn reload(cli: &Cli, all: &mut Devices, metrics: &Option<MetricsAddr>, privileges: &Privileges) {
     let Some(path) = &cli.config else {
         warn!("signal SIGHUP: nothing to reload (the devices come from the command line, not --config)");
         return;
@@ -409,6 +459,10 @@ fn reload(cli: &Cli, all: &mut Devices, metrics: &Option<MetricsAddr>) {
             info!("signal SIGHUP: reloading {}", path.display());
             if cli.metrics.is_none() && c.metrics != *metrics {
                 warn!("metrics: a changed address applies at the next start, not at a reload");
+            }
+            let mut p = c.privileges.clone();
+            if cli_privileges(cli, &mut p).is_ok() && p != *privileges {
+                warn!("user, group, seccomp: a change applies at the next start, not at a reload");
             }
             all.reload(&c.devices);
             info!("reload of {} done: {} device(s)", path.display(), all.len());

@@ -307,6 +307,41 @@ impl Collector for Scrape {
     }
 }
 
+/// The endpoint's socket, bound but not served yet: bound before the
+/// daemon lowers its privileges (a port below 1024, a socket in a
+/// directory only root may write), served once its threads may start.
+pub struct MetricsListener {
+    addr: MetricsAddr,
+    listener: tiny_http::Listener,
+}
+
+impl MetricsListener {
+    /// Bind `addr`.
+    pub fn bind(addr: &MetricsAddr) -> io::Result<MetricsListener> {
+        let listener = match addr {
+            MetricsAddr::Tcp(a) => std::net::TcpListener::bind(a)?.into(),
+            MetricsAddr::Unix(p) => socket::bind(p, &SocketAccess::default())?.into(),
+        };
+        Ok(MetricsListener {
+            addr: addr.clone(),
+            listener,
+        })
+    }
+
+    /// Answer `GET /metrics` from `exporter`.
+    pub fn serve(self, exporter: Arc<Exporter>) -> io::Result<MetricsServer> {
+        let server =
+            tiny_http::Server::from_listener(self.listener, None).map_err(io::Error::other)?;
+        let server = Arc::new(server);
+        let s = server.clone();
+        let thread = thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve(&s, &exporter))?;
+        info!("metrics: {}", self.addr);
+        Ok(MetricsServer { server, thread })
+    }
+}
+
 /// The running endpoint.
 pub struct MetricsServer {
     server: Arc<tiny_http::Server>,
@@ -314,26 +349,6 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Listen on `addr` and answer `GET /metrics` from `exporter`.
-    pub fn start(addr: &MetricsAddr, exporter: Arc<Exporter>) -> io::Result<MetricsServer> {
-        let server = match addr {
-            MetricsAddr::Tcp(a) => {
-                tiny_http::Server::from_listener(std::net::TcpListener::bind(a)?, None)
-            }
-            MetricsAddr::Unix(p) => {
-                tiny_http::Server::from_listener(socket::bind(p, &SocketAccess::default())?, None)
-            }
-        }
-        .map_err(io::Error::other)?;
-        let server = Arc::new(server);
-        let s = server.clone();
-        let thread = thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || serve(&s, &exporter))?;
-        info!("metrics: {addr}");
-        Ok(MetricsServer { server, thread })
-    }
-
     /// Stop answering and wait for the thread.
     pub fn stop(self) {
         self.server.unblock();

@@ -217,6 +217,18 @@ impl DeviceServer {
         } else {
             Phase::Serving
         };
+        info!(
+            "{}: {} {} (TAP {}, {} queue pair(s))",
+            device.settings.name,
+            if listener.is_some() {
+                "listening on"
+            } else {
+                "client mode, connecting to"
+            },
+            socket.display(),
+            device.tap.name(),
+            device.settings.queue_pairs
+        );
         Ok(DeviceServer {
             device,
             socket,
@@ -249,18 +261,6 @@ impl DeviceServer {
     /// the device's client thread `dev-<tap>` (client mode). On an error
     /// the socket file is removed again.
     pub fn start(self: &Arc<Self>) -> Result<(), ServerError> {
-        info!(
-            "{}: {} {} (TAP {}, {} queue pair(s))",
-            self.name(),
-            if self.listener.is_some() {
-                "listening on"
-            } else {
-                "client mode, connecting to"
-            },
-            self.socket.display(),
-            self.device.tap.name(),
-            self.device.settings.queue_pairs
-        );
         if let Some(l) = &self.listener {
             let me: Weak<dyn Listening> = Arc::downgrade(self) as Weak<dyn Listening>;
             return self
