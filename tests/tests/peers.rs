@@ -17,7 +17,11 @@ impl Testpmd {
     fn start(socket: &std::path::Path, mode: &str, dir: &TempDir) -> Testpmd {
         let prefix = unique_name("tp");
         let log = dir.join(format!("testpmd-{mode}.log"));
-        let child = Command::new("dpdk-testpmd")
+        // Line-buffered: its stdout is a file, and fully buffered stats
+        // reached it in 4 KiB blocks, seconds late (the RX count the test
+        // waits for could still sit in testpmd's buffer after 5 s).
+        let child = Command::new("stdbuf")
+            .args(["-oL", "dpdk-testpmd"])
             .args(["-l", "0,1", "--no-pci", "--no-huge", "-m", "512"])
             .args(["--file-prefix", &prefix])
             .arg("--vdev")
