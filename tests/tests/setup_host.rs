@@ -58,14 +58,14 @@ Enabled: no
 
 Types: deb
 # http://snapshot.debian.org/archive/debian-security/20250520T000000Z
-URIs: http://deb.debian.org/debian-security
+URIs: http://debian.example.com/debian-security
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb deb-src
 # http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://mirror.example.net/debian/ https://deb.debian.org/debian
+URIs: http://mirror.example.net/debian/ https://debian.example.com/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -91,7 +91,7 @@ fn deb822_uris_on_continuation_lines_and_backports_stanza() {
     let etc = etc_apt(&[
         (
             "sources.list.d/debian.sources",
-            "Types: deb\nURIs:\n http://deb.debian.org/debian-security\n https://ftp.example.org/debian\nSuites: bookworm\nComponents: main\n",
+            "Types: deb\nURIs:\n http://debian.example.com/debian-security\n https://ftp.example.org/debian\nSuites: bookworm\nComponents: main\n",
         ),
         (
             "sources.list.d/backports.sources",
@@ -147,7 +147,7 @@ fn no_sources_is_a_clear_error() {
         etc_apt(&[]),
         etc_apt(&[(
             "sources.list.d/debian.sources",
-            "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n",
+            "Types: deb\nURIs: http://debian.example.com/debian-security\nSuites: bookworm-security\n",
         )]),
     ] {
         let (code, out, err) = apt_sources("mirror", &etc);
