@@ -105,6 +105,8 @@ counters! {
         rx_rate_limited,
         /// Passes the TX rate limit held back (frames waited for tokens in the guest's TX ring).
         tx_rate_limited,
+        /// Queue 0 only: frontend connections that ended in an error (a request refused, the socket closed mid-message, ...), each with its log line.
+        connection_errors,
         /// Times this pair found its TAP deleted under the daemon (EBADFD): the device then stops.
         tap_gone,
         /// Times this pair stopped because the frontend shrank the file behind a guest memory region while in use (the SIGBUS contained; every queue waits for a new memory table).

@@ -488,6 +488,8 @@ impl DeviceServer {
         notify::frontend_connected();
         if let Err(e) = self.serve_connection(front, n) {
             error!("{}: connection {n}: {e}", self.name());
+            // Counted on the first queue pair: the connection is the device's.
+            crate::counters::QueueCounters::add(&self.device.counters[0].connection_errors, 1);
         }
         notify::frontend_gone();
         // SeqCst store, then SeqCst load: the connection's half of the

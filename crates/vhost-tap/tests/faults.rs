@@ -257,7 +257,7 @@ fn a_deleted_tap_stops_only_its_device() {
 fn a_frontend_killed_mid_message_ends_only_its_connection() {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
-    let t = two_devices();
+    let mut t = two_devices();
     let b = Bystander::start(&t.b.0, &t.b.1);
     // SET_OWNER (1), flags 1 (version), size 0: a whole header is 12 bytes.
     let owner: [u8; 12] = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
@@ -298,6 +298,8 @@ fn a_frontend_killed_mid_message_ends_only_its_connection() {
         );
         b.keeps_going(2, "while A's frontend died mid-message");
     }
+    let c = t.d.counters_of(&t.a.1);
+    assert_eq!(c.at(0, "connection_errors"), 2, "{c:?}");
     let mut a = driver(&t.a.0);
     check_both_ways(&t.d, &mut a, 0);
     t.d.assert_no_panic();
