@@ -393,7 +393,9 @@ impl QueuePair {
 
     /// A TAP write went through: if the TAP was down, say it is up again.
     fn tap_is_up(&mut self) {
-        if std::mem::take(&mut self.link_down) {
+        // Called for every frame written: a load, and a store only after a spell.
+        if self.link_down {
+            self.link_down = false;
             info!(
                 "tap: {} queue {}: the TAP is up again; guest → host frames flow",
                 self.tap.name(),
